@@ -1,0 +1,106 @@
+"""Events about stock, pick lists and packing (inventory service)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from pydantic import Field
+
+from shared import topics
+from shared.events.base import Event, Identifier, Model, OrderId, Sku
+from shared.events.orders import ShipmentLine
+
+
+class StockReceived(Event):
+    """Goods arrived at a warehouse (inbound, also ``POST /stock/receipts``)."""
+
+    TOPIC = topics.STOCK_RECEIVED
+
+    event_id: UUID  # required of a producer outside Waybill: it is the dedupe key
+
+    warehouse_id: Identifier
+    sku: Sku
+    quantity: int = Field(ge=1, le=1_000_000)
+    bin: str | None = Field(default=None, max_length=64)
+
+
+class Allocation(Model):
+    warehouse_id: Identifier
+    sku: Sku
+    quantity: int = Field(ge=1)
+
+
+class MissingStock(Model):
+    sku: Sku
+    quantity: int = Field(ge=1)
+
+
+class StockReserved(Event):
+    TOPIC = topics.STOCK_RESERVED
+
+    order_id: OrderId
+    allocations: list[Allocation]
+
+
+class StockBackordered(Event):
+    TOPIC = topics.STOCK_BACKORDERED
+
+    order_id: OrderId
+    missing: list[MissingStock]
+
+
+class StockReleased(Event):
+    TOPIC = topics.STOCK_RELEASED
+
+    order_id: OrderId
+    allocations: list[Allocation]
+
+
+class PicklistLine(Model):
+    order_id: OrderId
+    sku: Sku
+    quantity: int = Field(ge=1)
+    bin: str
+
+
+class PicklistCreated(Event):
+    TOPIC = topics.PICKLISTS_CREATED
+
+    picklist_id: UUID
+    warehouse_id: Identifier
+    lines: list[PicklistLine]
+
+    def partition_key(self) -> str | None:
+        return self.warehouse_id
+
+
+class Parcel(Model):
+    weight_grams: int = Field(ge=1, le=70_000)
+    length_mm: int = Field(ge=1, le=3_000)
+    width_mm: int = Field(ge=1, le=3_000)
+    height_mm: int = Field(ge=1, le=3_000)
+
+
+class OrderPacked(Event):
+    """The warehouse packed an order's lines into parcels.
+
+    ``lines`` (beyond the contract's essentials) says which goods the parcels hold,
+    so shipping and returns know what each shipment carried.
+    """
+
+    TOPIC = topics.ORDERS_PACKED
+
+    order_id: OrderId
+    warehouse_id: Identifier
+    parcels: list[Parcel] = Field(min_length=1, max_length=50)
+    lines: list[ShipmentLine] = Field(default_factory=list)
+
+
+class StockRestocked(Event):
+    TOPIC = topics.STOCK_RESTOCKED
+
+    return_id: Identifier
+    order_id: OrderId | None = None
+    warehouse_id: Identifier
+    sku: Sku
+    quantity: int = Field(ge=1)

@@ -1,0 +1,113 @@
+"""Events about returns, refunds and exchanges (returns service)."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import Field, model_validator
+
+from shared import topics
+from shared.events.base import (
+    CurrencyCode,
+    Event,
+    Identifier,
+    Model,
+    Money,
+    Quantity,
+    Sku,
+    Timestamp,
+)
+
+
+class ReturnLine(Model):
+    sku: Sku
+    quantity: Quantity
+
+
+class ReturnRequested(Event):
+    """A customer, through the shop, asks to return goods (inbound).
+
+    Inside the window a return is unconditional: ``reason`` is never required.
+    """
+
+    TOPIC = topics.RETURNS_REQUESTED
+
+    event_id: UUID  # required of a producer outside Waybill: it is the dedupe key
+
+    return_id: Identifier
+    order_id: Identifier
+    requested_at: Timestamp
+    lines: list[ReturnLine] = Field(min_length=1, max_length=100)
+    resolution: Literal["refund", "exchange"] = "refund"
+    exchange_for: list[ReturnLine] | None = Field(default=None, max_length=100)
+    reason: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _exchange_needs_nothing_for_refund(self) -> ReturnRequested:
+        if self.resolution == "refund" and self.exchange_for:
+            raise ValueError('exchange_for is only allowed when resolution is "exchange"')
+        return self
+
+
+class ReturnLabel(Model):
+    carrier: str
+    tracking_number: str
+    label_url: str
+
+
+class ReturnApproved(Event):
+    TOPIC = topics.RETURNS_APPROVED
+
+    return_id: Identifier
+    order_id: Identifier
+    rma: str
+    return_label: ReturnLabel
+
+
+ReturnRejectionReason = Literal[
+    "window_expired",
+    "not_delivered",
+    "unknown_order",
+    "quantity_exceeds_delivered",
+    "invalid",
+]
+
+
+class ReturnRejected(Event):
+    TOPIC = topics.RETURNS_REJECTED
+
+    return_id: str
+    order_id: str
+    reason: ReturnRejectionReason
+
+
+class ReceivedLine(Model):
+    sku: Sku
+    quantity: Quantity
+    condition: Literal["sellable", "damaged"]
+
+
+class ReturnReceived(Event):
+    TOPIC = topics.RETURNS_RECEIVED
+
+    return_id: Identifier
+    order_id: Identifier
+    warehouse_id: Identifier | None = None
+    lines: list[ReceivedLine] = Field(min_length=1, max_length=100)
+
+
+class RefundRequested(Event):
+    TOPIC = topics.REFUNDS_REQUESTED
+
+    return_id: Identifier
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode
+
+
+class ReturnWindow(Model):
+    """How a return decision was reached: kept for the timeline and for ops."""
+
+    delivered_at: Timestamp
+    closes_at: Timestamp

@@ -1,0 +1,78 @@
+"""Events about shipments (shipping service)."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from shared import topics
+from shared.events.base import Event, Identifier, OrderId, Timestamp
+from shared.events.orders import ShipmentLine
+
+TrackingStatus = Literal[
+    "pre_transit",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+    "delivery_failed",
+    "available_for_pickup",
+    "return_to_sender",
+    "cancelled",
+    "unknown",
+]
+
+
+class ShipmentLabelCreated(Event):
+    TOPIC = topics.SHIPMENTS_LABEL_CREATED
+
+    order_id: OrderId
+    shipment_id: UUID
+    warehouse_id: Identifier | None = None
+    carrier: str
+    service: str
+    tracking_number: str
+    label_url: str
+    estimated_delivery: Timestamp
+    at_risk: bool = False
+    lines: list[ShipmentLine] = Field(default_factory=list)
+
+
+class ShipmentShipped(Event):
+    TOPIC = topics.SHIPMENTS_SHIPPED
+
+    order_id: OrderId
+    shipment_id: UUID
+    carrier: str
+    tracking_number: str
+    shipped_at: Timestamp
+
+
+class ShipmentDelivered(Event):
+    """The carrier delivered a shipment; ``delivered_at`` is the carrier's time.
+
+    ``warehouse_id`` and ``lines`` (beyond the contract's essentials) tell returns
+    which goods this delivery held, so each line's return window counts from its
+    own shipment's delivery.
+    """
+
+    TOPIC = topics.SHIPMENTS_DELIVERED
+
+    order_id: OrderId
+    shipment_id: UUID
+    delivered_at: Timestamp
+    source: Literal["webhook", "poll", "manual"]
+    carrier: str | None = None
+    warehouse_id: Identifier | None = None
+    lines: list[ShipmentLine] = Field(default_factory=list)
+
+
+class ShipmentException(Event):
+    TOPIC = topics.SHIPMENTS_EXCEPTION
+
+    order_id: OrderId
+    shipment_id: UUID
+    status: TrackingStatus
+    detail: str

@@ -1,0 +1,86 @@
+"""HTTP pieces every service shares: bearer-token roles, health and readiness."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from shared.runtime import ServiceRuntime
+from shared.settings import Role
+
+
+def runtime_of(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def role_of_token(tokens: dict[Role, str], presented: str) -> Role | None:
+    for role, token in tokens.items():
+        if hmac.compare_digest(token.encode(), presented.encode()):
+            return role
+    return None
+
+
+def require_role(*allowed: Role) -> Callable[[Request], Awaitable[Role]]:
+    """A dependency: 401 without a valid token, 403 with another role's token."""
+
+    async def check(request: Request) -> Role:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        role = role_of_token(runtime_of(request).settings.tokens(), presented.strip())
+        if role is None:
+            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+        if role not in allowed:
+            raise HTTPException(403, f"this needs the role {' or '.join(allowed)}")
+        return role
+
+    return check
+
+
+def health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await runtime_of(request).readiness()
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    return router
+
+
+def create_service_app(
+    runtime: ServiceRuntime,
+    *,
+    routers: Sequence[APIRouter] = (),
+    on_started: Callable[[ServiceRuntime], Awaitable[Any]] | None = None,
+) -> FastAPI:
+    """The FastAPI application of a service; its lifespan runs the service runtime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        if on_started is not None:
+            await on_started(runtime)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=f"Waybill {runtime.name}", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(health_router())
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,335 @@
+"""The consumer runtime: a batch of records, one transaction, inbox, outbox, dead letters.
+
+A batch from the broker is handled in a single database transaction: every record's
+``event_id`` is claimed in the inbox with one statement, each new event goes to its
+handler, the emitted events land in the outbox, and the transaction commits. Only
+then is the offset committed (the caller acknowledges after :meth:`process` returns).
+
+When the batch transaction fails, the records are retried one by one, each in its
+own transaction, so one poison record cannot hold the others back. A record that
+keeps failing gets bounded retries with exponential backoff and then goes to the
+topic's ``.dlq`` (through the outbox, with its raw bytes, headers, error and attempt
+count). A database outage is not the record's fault: it is retried until the
+database answers, and nothing is dead-lettered for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID, uuid5
+
+import asyncpg
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from pydantic import ValidationError
+
+from shared.db.pool import is_transient_error
+from shared.db.uow import UnitOfWork, unit_of_work
+from shared.events import DeadLetter, DeadLetterHeader, Event, utc_now
+from shared.topics import dead_letter_topic
+
+log = logging.getLogger("waybill.consumer")
+
+E = TypeVar("E", bound=Event)
+
+_FALLBACK_NAMESPACE = UUID("0d9c5f0e-5b0a-4c8e-9a57-52a1f0b2c3d4")
+_MAX_DB_RETRY_SECONDS = 30.0
+
+
+class Record(Protocol):
+    """What the runtime needs of a Kafka record (aiokafka's ``ConsumerRecord`` has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class InvalidEvent:
+    """A JSON object that failed validation against its topic's event model."""
+
+    topic: str
+    payload: dict[str, Any]
+    error: ValidationError
+
+    def field_errors(self) -> list[tuple[str, str]]:
+        """Each error as ``(dotted.field.path, message)``."""
+        return [
+            (".".join(str(p) for p in err["loc"]) or "(body)", err["msg"])
+            for err in self.error.errors(include_url=False)
+        ]
+
+
+Handler = Callable[[E, UnitOfWork], Awaitable[None]]
+InvalidHandler = Callable[[InvalidEvent, UnitOfWork], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    topic: str
+    model: type[E]
+    handler: Handler[E]
+    on_invalid: InvalidHandler | None = None
+
+
+@dataclass
+class Delivery:
+    """One record after decoding: an event, an invalid payload, or an undecodable one."""
+
+    record: Record
+    dedupe_id: UUID
+    event: Event | None = None
+    invalid: InvalidEvent | None = None
+    undecodable: str | None = None
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler for input that no retry can fix: dead-letter it at once."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+class EventConsumer:
+    """Routes the records of a consumer group's topics to handlers, exactly once in effect."""
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        schema: str,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 0.2,
+    ) -> None:
+        self.group_id = group_id
+        self.schema = schema
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self._routes: dict[str, Route[Any]] = {}
+        self._pool: asyncpg.Pool | None = None
+        #: Called after a batch's transaction committed and before the offset is;
+        #: fault-injection point for the at-least-once tests.
+        self.after_commit: Callable[[Sequence[Record]], Awaitable[None]] | None = None
+        self.dead_lettered = 0
+        self.handled = 0
+
+    # -- registration -------------------------------------------------------------
+
+    def handles(
+        self, model: type[E], *, on_invalid: InvalidHandler | None = None
+    ) -> Callable[[Handler[E]], Handler[E]]:
+        """Register ``handler`` for ``model.TOPIC``."""
+
+        def register(handler: Handler[E]) -> Handler[E]:
+            self.add_route(Route(model.TOPIC, model, handler, on_invalid))
+            return handler
+
+        return register
+
+    def add_route(self, route: Route[Any]) -> None:
+        if route.topic in self._routes:
+            raise ValueError(f"{route.topic} already has a handler in {self.group_id}")
+        self._routes[route.topic] = route
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self._routes)
+
+    def bind(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("EventConsumer.bind(pool) was not called")
+        return self._pool
+
+    # -- processing ---------------------------------------------------------------
+
+    def inbox_name(self, topic: str) -> str:
+        return f"{self.group_id}/{topic}"
+
+    def decode(self, record: Record) -> Delivery:
+        fallback_id = uuid5(
+            _FALLBACK_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}"
+        )
+        route = self._routes.get(record.topic)
+        if route is None:
+            return Delivery(record, fallback_id, undecodable=f"no handler for {record.topic}")
+        try:
+            payload = json.loads(record.value or b"")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return Delivery(record, fallback_id, undecodable=f"not JSON: {exc}")
+        if not isinstance(payload, dict):
+            return Delivery(record, fallback_id, undecodable="not a JSON object")
+        try:
+            event = route.model.model_validate(payload)
+        except ValidationError as exc:
+            dedupe_id = fallback_id
+            raw_id = payload.get("event_id")
+            if isinstance(raw_id, str):
+                with contextlib.suppress(ValueError):
+                    dedupe_id = UUID(raw_id)
+            return Delivery(record, dedupe_id, invalid=InvalidEvent(record.topic, payload, exc))
+        return Delivery(record, event.event_id, event=event)
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Handle a batch; returns once every record is handled or dead-lettered."""
+        if not records:
+            return
+        deliveries = [self.decode(r) for r in records]
+        wait = self.retry_base_seconds
+        while True:
+            try:
+                async with unit_of_work(self.pool, schema=self.schema) as uow:
+                    await self._handle_all(deliveries, uow)
+                break
+            except Exception as exc:
+                if not is_transient_error(exc):
+                    log.warning(
+                        "batch of %d on %s failed (%s); handling its records one by one",
+                        len(deliveries),
+                        self.group_id,
+                        _describe(exc),
+                    )
+                    for delivery in deliveries:
+                        await self._process_alone(delivery)
+                    break
+                log.warning("database unavailable for %s (%s); retrying", self.group_id, exc)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_DB_RETRY_SECONDS)
+        if self.after_commit is not None:
+            await self.after_commit(records)
+
+    async def _handle_all(self, deliveries: list[Delivery], uow: UnitOfWork) -> None:
+        by_topic: dict[str, list[UUID]] = {}
+        for d in deliveries:
+            if d.undecodable is None:
+                by_topic.setdefault(d.record.topic, []).append(d.dedupe_id)
+        claimed: dict[str, set[UUID]] = {
+            topic: await uow.claim(self.inbox_name(topic), ids) for topic, ids in by_topic.items()
+        }
+        for d in deliveries:
+            if d.undecodable is not None:
+                await self._dead_letter(uow, d, d.undecodable, "UndecodableRecord", attempts=1)
+                continue
+            fresh = claimed[d.record.topic]
+            if d.dedupe_id not in fresh:
+                continue  # already handled: a redelivery, a replayed outbox row, a duplicate
+            fresh.discard(d.dedupe_id)  # a second copy in this same batch is a duplicate too
+            await self._dispatch(d, uow)
+
+    async def _dispatch(self, d: Delivery, uow: UnitOfWork) -> None:
+        route = self._routes[d.record.topic]
+        carrier = {k: v.decode(errors="replace") for k, v in d.record.headers}
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            if d.event is not None:
+                await route.handler(d.event, uow)
+            elif d.invalid is not None:
+                handled = route.on_invalid is not None and await route.on_invalid(d.invalid, uow)
+                if not handled:
+                    await self._dead_letter(
+                        uow, d, _describe(d.invalid.error), "ValidationError", attempts=1
+                    )
+            self.handled += 1
+        finally:
+            otel_context.detach(token)
+
+    async def _process_alone(self, d: Delivery) -> None:
+        attempts = 0
+        wait = self.retry_base_seconds
+        while True:
+            try:
+                async with unit_of_work(self.pool, schema=self.schema) as uow:
+                    await self._handle_all([d], uow)
+                return
+            except Exception as exc:
+                if is_transient_error(exc):
+                    log.warning("database unavailable for %s (%s); retrying", self.group_id, exc)
+                    await asyncio.sleep(min(wait, _MAX_DB_RETRY_SECONDS))
+                    wait = min(wait * 2, _MAX_DB_RETRY_SECONDS)
+                    continue
+                attempts += 1
+                permanent = isinstance(exc, PermanentFailure)
+                if permanent or attempts >= self.max_attempts:
+                    log.error(
+                        "dead-lettering %s[%d]@%d after %d attempts: %s",
+                        d.record.topic,
+                        d.record.partition,
+                        d.record.offset,
+                        attempts,
+                        _describe(exc),
+                    )
+                    async with unit_of_work(self.pool, schema=self.schema) as uow:
+                        await self._dead_letter(
+                            uow, d, _describe(exc), type(exc).__name__, attempts=attempts
+                        )
+                    return
+                # Exponential backoff with full jitter: a failing record never hot-loops.
+                delay = random.uniform(0, self.retry_base_seconds * 2 ** (attempts - 1))
+                await asyncio.sleep(delay)
+
+    async def _dead_letter(
+        self, uow: UnitOfWork, d: Delivery, error: str, error_type: str, *, attempts: int
+    ) -> None:
+        r = d.record
+        key = r.key.decode(errors="replace") if r.key is not None else None
+        value = r.value or b""
+        headers = [(k, base64.b64encode(v).decode()) for k, v in r.headers]
+        inserted = await uow.conn.fetchval(
+            """
+            INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value,
+                                      headers, error, error_type, attempts, event_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (consumer_group, topic, partition, "offset") DO NOTHING
+            RETURNING id
+            """,
+            self.group_id,
+            r.topic,
+            r.partition,
+            r.offset,
+            key,
+            value,
+            [list(h) for h in headers],
+            error[:4000],
+            error_type,
+            attempts,
+            d.event.event_id if d.event is not None else None,
+        )
+        if inserted is None:
+            return  # dead-lettered already, before a crash kept the offset from committing
+        self.dead_lettered += 1
+        uow.emit(
+            DeadLetter(
+                original_topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=key,
+                value_base64=base64.b64encode(value).decode(),
+                headers=[DeadLetterHeader(key=k, value_base64=v) for k, v in headers],
+                error=error[:4000],
+                error_type=error_type,
+                attempts=attempts,
+                consumer_group=self.group_id,
+                failed_at=utc_now(),
+            ),
+            topic=dead_letter_topic(r.topic),
+        )

@@ -1,0 +1,140 @@
+"""The outbox relay: publishes committed outbox rows to Kafka in order, in batches.
+
+Ordering: rows are read in ``id`` order, and only those written by transactions
+older than every transaction still running (``txid < pg_snapshot_xmin``). Outbox
+rows are inserted at the end of their transaction, after its row locks, so for
+one key the id order is the commit order, and a smaller id that commits late is
+never overtaken. Rows of one key go to one partition in send order.
+
+One relay per service is active at a time (a session advisory lock); others wait
+as stand-bys. It wakes on ``NOTIFY`` and polls as a fallback. A crash between the
+publish and the ``published_at`` update publishes again: consumers' inboxes absorb it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared.db.uow import outbox_channel
+
+log = logging.getLogger("waybill.relay")
+
+
+def _leader_key(schema: str) -> int:
+    digest = hashlib.sha256(f"waybill.relay.{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        pool: asyncpg.Pool,
+        schema: str,
+        producer: AIOKafkaProducer,
+        batch_max: int = 1000,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._schema = schema
+        self._producer = producer
+        self._batch_max = batch_max
+        self._poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published_total = 0
+        self.is_leader = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay of %s failed; restarting", self._schema)
+                self.is_leader = False
+                await asyncio.sleep(self._poll_seconds)
+
+    async def _lead(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, server_settings={"search_path": self._schema}
+        )
+        try:
+            # A stand-by polls for the lock: PostgreSQL offers no wake-up when it frees.
+            while not await conn.fetchval(  # noqa: ASYNC110
+                "SELECT pg_try_advisory_lock($1)", _leader_key(self._schema)
+            ):
+                await asyncio.sleep(self._poll_seconds)
+            self.is_leader = True
+            await conn.add_listener(outbox_channel(self._schema), self._on_notify)
+            while True:
+                self._wake.clear()
+                published = await self.publish_batch()
+                if published >= self._batch_max:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+        finally:
+            self.is_leader = False
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of settled rows; return how many were published."""
+        rows = await self._pool.fetch(
+            """
+            SELECT id, topic, key, payload, headers
+            FROM outbox
+            WHERE published_at IS NULL
+              AND txid < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY id
+            LIMIT $1
+            """,
+            self._batch_max,
+        )
+        if not rows:
+            return 0
+        deliveries = []
+        for row in rows:
+            key = row["key"]
+            deliveries.append(
+                await self._producer.send(
+                    row["topic"],
+                    value=row["payload"],
+                    key=key.encode() if key is not None else None,
+                    headers=[(k, v.encode()) for k, v in row["headers"]],
+                )
+            )
+        await asyncio.gather(*deliveries)
+        await self._pool.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+            [r["id"] for r in rows],
+        )
+        self.published_total += len(rows)
+        return len(rows)

@@ -1,0 +1,192 @@
+"""A running service: pool, migrations, topics, outbox relay, broker, background workers.
+
+Each service's composition root (``services/<name>/main.py``) describes itself as a
+:class:`ServiceDefinition`; :class:`ServiceRuntime` starts and stops the parts in
+order. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+
+from shared.clock import Clock, SystemClock
+from shared.db import MigrationSource, apply_migrations, create_pool, shared_migrations
+from shared.messaging import (
+    EventConsumer,
+    OutboxRelay,
+    create_broker,
+    create_producer,
+    ensure_topics,
+    subscribe,
+)
+from shared.settings import KafkaSettings, ServiceSettings
+from shared.topics import dead_letter_topic
+
+log = logging.getLogger("waybill.runtime")
+
+Worker = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service is made of; built by its composition root."""
+
+    name: str
+    migrations: MigrationSource
+    consumer: EventConsumer
+    produces: list[str]
+    workers: list[Worker] = field(default_factory=list)
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        *,
+        settings: ServiceSettings,
+        kafka: KafkaSettings,
+        clock: Clock | None = None,
+    ) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.kafka = kafka
+        self.clock: Clock = clock or SystemClock()
+        self.schema = definition.name
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._relay: OutboxRelay | None = None
+        self._broker: KafkaBroker | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def consumer(self) -> EventConsumer:
+        return self.definition.consumer
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        if self._relay is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._relay
+
+    @property
+    def dsn(self) -> str:
+        if not self.settings.database_url:
+            raise RuntimeError(
+                "WAYBILL_DATABASE_URL is not set: `waybill up` sets it for each service; "
+                "`waybill run SERVICE` needs it pointing at your PostgreSQL server"
+            )
+        return self.settings.database_url
+
+    def topics(self) -> list[str]:
+        consumed = self.consumer.topics
+        return sorted(
+            set(consumed) | set(self.definition.produces) | {dead_letter_topic(t) for t in consumed}
+        )
+
+    async def start(self) -> None:
+        log.info("starting %s", self.name)
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await apply_migrations(
+                conn, schema=self.schema, sources=[shared_migrations(), self.definition.migrations]
+            )
+        finally:
+            await conn.close()
+        self._pool = await create_pool(
+            self.dsn,
+            schema=self.schema,
+            min_size=self.settings.db_pool_min,
+            max_size=self.settings.db_pool_max,
+        )
+        await ensure_topics(self.kafka, self.topics())
+        self._producer = create_producer(self.kafka, client_id=f"waybill-{self.name}-relay")
+        await self._producer.start()
+        self._relay = OutboxRelay(
+            dsn=self.dsn,
+            pool=self._pool,
+            schema=self.schema,
+            producer=self._producer,
+            batch_max=self.settings.outbox_batch_max,
+            poll_seconds=self.settings.outbox_poll_seconds,
+        )
+        self._relay.start()
+        self.consumer.bind(self._pool)
+        if self.consumer.topics:
+            self._broker = create_broker(self.kafka, client_id=f"waybill-{self.name}")
+            subscribe(
+                self._broker,
+                self.consumer,
+                max_records=self.settings.consumer_batch_max,
+                batch_timeout_ms=self.settings.consumer_batch_wait_ms,
+            )
+            await self._broker.start()
+        for worker in self.definition.workers:
+            self._workers.append(
+                asyncio.create_task(self._supervise(worker), name=f"{self.name}-worker")
+            )
+        log.info("%s started", self.name)
+
+    async def _supervise(self, worker: Worker) -> None:
+        # A background loop that crashes is logged and restarted, never silently gone.
+        while True:
+            try:
+                await worker(self)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker of %s failed; restarting in 1 s", self.name)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        log.info("stopping %s", self.name)
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the database and the broker answer."""
+        database = broker = False
+        with contextlib.suppress(Exception):
+            database = await asyncio.wait_for(self.pool.fetchval("SELECT true"), 2.0) is True
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                broker = bool(
+                    await asyncio.wait_for(self._producer.client.force_metadata_update(), 2.0)
+                )
+        return {"database": database, "broker": broker}

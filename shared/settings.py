@@ -1,0 +1,69 @@
+"""Configuration common to every service, read from ``WAYBILL_*`` environment variables.
+
+Each service subclasses :class:`ServiceSettings` and adds what only it needs. Nothing
+here is read at import time: settings objects are built by the composition roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["shop", "warehouse", "ops", "admin"]
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "waybill"
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the broker (CONTRACT section 1, configuration)."""
+
+    model_config = SettingsConfigDict(env_prefix="WAYBILL_KAFKA_", extra="ignore")
+
+    bootstrap: str = "127.0.0.1:19092"
+    security: Literal["PLAINTEXT", "SASL_SSL", "SSL", "SASL_PLAINTEXT"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str | None = None
+    password: SecretStr | None = None
+    cafile: Path | None = None
+    topic_partitions: int = Field(default=6, ge=1, le=256)
+    replication_factor: int = Field(default=1, ge=1, le=5)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: broker, database, tokens, telemetry, batch sizes."""
+
+    model_config = SettingsConfigDict(env_prefix="WAYBILL_", extra="ignore")
+
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    otlp_endpoint: str | None = None
+    http_host: str = "127.0.0.1"
+
+    token_shop: SecretStr | None = None
+    token_warehouse: SecretStr | None = None
+    token_ops: SecretStr | None = None
+    token_admin: SecretStr | None = None
+
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=8, ge=1, le=64)
+    consumer_batch_max: int = Field(default=500, ge=1, le=10_000)
+    consumer_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)
+    consumer_max_attempts: int = Field(default=5, ge=1, le=50)
+    consumer_retry_base_seconds: float = Field(default=0.2, gt=0, le=60)
+    outbox_batch_max: int = Field(default=1000, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    def tokens(self) -> dict[Role, str]:
+        """The configured bearer token of each role (roles without one accept nothing)."""
+        configured: dict[Role, SecretStr | None] = {
+            "shop": self.token_shop,
+            "warehouse": self.token_warehouse,
+            "ops": self.token_ops,
+            "admin": self.token_admin,
+        }
+        return {role: s.get_secret_value() for role, s in configured.items() if s is not None}
