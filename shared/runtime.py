@@ -67,6 +67,8 @@ class ServiceRuntime:
         self._broker: KafkaBroker | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.extras: dict[str, Any] = {}
+        #: run at stop, last first: clients the composition root opened
+        self.cleanups: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def name(self) -> str:
@@ -178,6 +180,9 @@ class ServiceRuntime:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        for cleanup in reversed(self.cleanups):
+            await cleanup()
+        self.cleanups.clear()
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""

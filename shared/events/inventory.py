@@ -7,7 +7,7 @@ from uuid import UUID
 from pydantic import Field
 
 from shared import topics
-from shared.events.base import Event, Identifier, Model, OrderId, Sku
+from shared.events.base import CountryCode, Event, Identifier, Model, OrderId, Sku
 from shared.events.orders import ShipmentLine
 
 
@@ -81,11 +81,18 @@ class Parcel(Model):
     height_mm: int = Field(ge=1, le=3_000)
 
 
+class Origin(Model):
+    """Where a shipment leaves from: what a carrier needs to quote and collect."""
+
+    country: CountryCode
+    postal_code: str = Field(min_length=1, max_length=16)
+
+
 class OrderPacked(Event):
     """The warehouse packed an order's lines into parcels.
 
-    ``lines`` (beyond the contract's essentials) says which goods the parcels hold,
-    so shipping and returns know what each shipment carried.
+    ``lines`` and ``ship_from`` (beyond the contract's essentials) say which goods the
+    parcels hold and where they leave from, so shipping and returns need not ask.
     """
 
     TOPIC = topics.ORDERS_PACKED
@@ -94,6 +101,7 @@ class OrderPacked(Event):
     warehouse_id: Identifier
     parcels: list[Parcel] = Field(min_length=1, max_length=50)
     lines: list[ShipmentLine] = Field(default_factory=list)
+    ship_from: Origin | None = None
 
 
 class StockRestocked(Event):

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from shared import topics
 from shared.events.base import Event, Identifier, OrderId, Timestamp
+from shared.events.inventory import Origin
 from shared.events.orders import ShipmentLine
 
 TrackingStatus = Literal[
@@ -66,6 +67,7 @@ class ShipmentDelivered(Event):
     source: Literal["webhook", "poll", "manual"]
     carrier: str | None = None
     warehouse_id: Identifier | None = None
+    ship_from: Origin | None = None
     lines: list[ShipmentLine] = Field(default_factory=list)
 
 

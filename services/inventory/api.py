@@ -1,0 +1,86 @@
+"""HTTP routes of the inventory service."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from services.inventory import handlers
+from services.inventory.storage import repository as repo
+from shared.db import unit_of_work
+from shared.events import StockReceived
+from shared.events.base import CountryCode, Identifier, ShortText, Sku
+from shared.http import require_role, runtime_of
+from shared.messaging import PermanentFailure
+
+router = APIRouter(tags=["inventory"])
+
+
+class WarehouseBody(BaseModel):
+    name: ShortText
+    country: CountryCode
+    postal_code: str = Field(min_length=1, max_length=16)
+
+
+class StockReceiptBody(BaseModel):
+    event_id: UUID = Field(default_factory=uuid4)
+    warehouse_id: Identifier
+    sku: Sku
+    quantity: int = Field(ge=1, le=1_000_000)
+    bin: str | None = Field(default=None, max_length=64)
+
+
+@router.put("/warehouses/{warehouse_id}", dependencies=[Depends(require_role("admin"))])
+async def put_warehouse(warehouse_id: str, body: WarehouseBody, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+        await repo.upsert_warehouse(
+            uow.conn,
+            warehouse_id=warehouse_id,
+            name=body.name,
+            country=body.country,
+            postal_code=body.postal_code,
+        )
+    return {"warehouse_id": warehouse_id, **body.model_dump()}
+
+
+@router.post(
+    "/stock/receipts", status_code=202, dependencies=[Depends(require_role("admin", "warehouse"))]
+)
+async def post_stock_receipt(body: StockReceiptBody, request: Request) -> dict[str, Any]:
+    """The same handler as ``inventory.stock-received``; one event_id counts once."""
+    runtime = runtime_of(request)
+    event = StockReceived(**body.model_dump())
+    try:
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            if await uow.claim(runtime.consumer.inbox_name(event.TOPIC), [event.event_id]):
+                await handlers.receive_stock(event, uow, autopick=runtime.extras["autopick"])
+    except PermanentFailure as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return {"event_id": str(event.event_id), "status": "received"}
+
+
+@router.get("/stock/{sku}", dependencies=[Depends(require_role("ops", "warehouse"))])
+async def get_stock(sku: str, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        bins = await repo.stock_of_sku(conn, sku)
+    warehouses: dict[str, dict[str, Any]] = {}
+    for b in bins:
+        w = warehouses.setdefault(
+            b["warehouse_id"],
+            {
+                "warehouse_id": b["warehouse_id"],
+                "on_hand": 0,
+                "reserved": 0,
+                "available": 0,
+                "bins": [],
+            },
+        )
+        for k in ("on_hand", "reserved", "available"):
+            w[k] += b[k]
+        w["bins"].append({k: b[k] for k in ("bin", "on_hand", "reserved", "available")})
+    return {"sku": sku, "warehouses": list(warehouses.values())}

@@ -1,0 +1,24 @@
+"""Subscribers of the inventory service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.inventory import handlers
+from shared.db import UnitOfWork
+from shared.events import OrderAccepted, StockReceived
+from shared.messaging import EventConsumer
+
+
+def build_consumer(*, schema: str, autopick: bool, **options: Any) -> EventConsumer:
+    consumer = EventConsumer(group_id="waybill-inventory", schema=schema, **options)
+
+    @consumer.handles(OrderAccepted)
+    async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
+        await handlers.take_order(event, uow, autopick=autopick)
+
+    @consumer.handles(StockReceived)
+    async def on_stock_received(event: StockReceived, uow: UnitOfWork) -> None:
+        await handlers.receive_stock(event, uow, autopick=autopick)
+
+    return consumer

@@ -1,0 +1,250 @@
+"""SQL of the inventory service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from services.inventory.domain.allocation import BinStock, Pick, Warehouse
+from shared.db.uow import Connection
+
+DEFAULT_BIN = "RECEIVING"
+
+
+class StockChanged(RuntimeError):
+    """A conditional stock update did not apply: never expected under the row locks."""
+
+
+async def upsert_warehouse(
+    conn: Connection, *, warehouse_id: str, name: str, country: str, postal_code: str
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO warehouses (warehouse_id, name, country, postal_code)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (warehouse_id) DO UPDATE
+           SET name = excluded.name, country = excluded.country,
+               postal_code = excluded.postal_code, updated_at = now()
+        """,
+        warehouse_id,
+        name,
+        country,
+        postal_code,
+    )
+
+
+async def warehouse_exists(conn: Connection, warehouse_id: str) -> bool:
+    found = await conn.fetchval("SELECT true FROM warehouses WHERE warehouse_id = $1", warehouse_id)
+    return found is True
+
+
+async def warehouse_origin(conn: Connection, warehouse_id: str) -> tuple[str, str]:
+    row = await conn.fetchrow(
+        "SELECT country, postal_code FROM warehouses WHERE warehouse_id = $1", warehouse_id
+    )
+    if row is None:
+        raise LookupError(f"unknown warehouse {warehouse_id}")
+    return row["country"], row["postal_code"]
+
+
+async def all_warehouses(conn: Connection) -> list[Warehouse]:
+    rows = await conn.fetch("SELECT warehouse_id, country, postal_code FROM warehouses")
+    return [Warehouse(r["warehouse_id"], r["country"], r["postal_code"]) for r in rows]
+
+
+async def receive_stock(
+    conn: Connection, *, warehouse_id: str, sku: str, bin: str, quantity: int
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO stock (warehouse_id, sku, bin, on_hand) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (warehouse_id, sku, bin) DO UPDATE SET on_hand = stock.on_hand + $4
+        """,
+        warehouse_id,
+        sku,
+        bin,
+        quantity,
+    )
+
+
+async def lock_stock(conn: Connection, skus: Iterable[str]) -> list[BinStock]:
+    """Lock every bin of these SKUs, always in one global order, so baskets never deadlock."""
+    rows = await conn.fetch(
+        """
+        SELECT warehouse_id, sku, bin, on_hand - reserved AS available
+        FROM stock
+        WHERE sku = ANY($1::text[])
+        ORDER BY warehouse_id, sku, bin
+        FOR UPDATE
+        """,
+        sorted(set(skus)),
+    )
+    return [BinStock(r["warehouse_id"], r["sku"], r["bin"], r["available"]) for r in rows]
+
+
+async def reserve(conn: Connection, order_id: str, picks: Iterable[Pick]) -> None:
+    picks = list(picks)
+    # The conditional update is the last line of defence: the CHECK refuses oversell too.
+    status = await conn.execute(
+        """
+        UPDATE stock s SET reserved = s.reserved + p.quantity
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+             AS p(warehouse_id, sku, bin, quantity)
+        WHERE s.warehouse_id = p.warehouse_id AND s.sku = p.sku AND s.bin = p.bin
+          AND s.on_hand - s.reserved >= p.quantity
+        """,
+        [p.warehouse_id for p in picks],
+        [p.sku for p in picks],
+        [p.bin for p in picks],
+        [p.quantity for p in picks],
+    )
+    if status != f"UPDATE {len(picks)}":
+        raise StockChanged(f"stock of {order_id} changed under its lock: {status}")
+    await conn.execute(
+        """
+        INSERT INTO reservations (order_id, warehouse_id, sku, bin, quantity)
+        SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
+        """,
+        order_id,
+        [p.warehouse_id for p in picks],
+        [p.sku for p in picks],
+        [p.bin for p in picks],
+        [p.quantity for p in picks],
+    )
+
+
+async def insert_order(
+    conn: Connection,
+    *,
+    order_id: str,
+    lines: list[dict[str, Any]],
+    country: str,
+    postal_code: str,
+    accepted_at: datetime,
+) -> bool:
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO inventory_orders (order_id, status, lines, ship_country, ship_postal_code,
+                                      accepted_at)
+        VALUES ($1, 'new', $2, $3, $4, $5)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING true
+        """,
+        order_id,
+        lines,
+        country,
+        postal_code,
+        accepted_at,
+    )
+    return inserted is True
+
+
+async def set_order_status(
+    conn: Connection, order_id: str, status: str, *, missing: dict[str, int] | None = None
+) -> None:
+    await conn.execute(
+        """
+        UPDATE inventory_orders SET status = $2, missing = $3, updated_at = now()
+        WHERE order_id = $1
+        """,
+        order_id,
+        status,
+        missing or {},
+    )
+
+
+async def fetch_order(conn: Connection, order_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM inventory_orders WHERE order_id = $1 FOR UPDATE", order_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def backordered_waiting_for(conn: Connection, sku: str, *, limit: int) -> list[str]:
+    """Backordered orders that miss ``sku``, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT order_id FROM inventory_orders
+        WHERE status = 'backordered' AND missing ? $1
+        ORDER BY accepted_at, order_id
+        LIMIT $2
+        """,
+        sku,
+        limit,
+    )
+    return [r["order_id"] for r in rows]
+
+
+async def reservations_of(conn: Connection, order_id: str, *, status: str) -> list[Pick]:
+    rows = await conn.fetch(
+        """
+        SELECT warehouse_id, sku, bin, quantity FROM reservations
+        WHERE order_id = $1 AND status = $2 ORDER BY id
+        """,
+        order_id,
+        status,
+    )
+    return [Pick(r["warehouse_id"], r["sku"], r["bin"], r["quantity"]) for r in rows]
+
+
+async def create_picklist(
+    conn: Connection, *, picklist_id: UUID, warehouse_id: str, lines: list[tuple[str, Pick]]
+) -> None:
+    await conn.execute(
+        "INSERT INTO picklists (picklist_id, warehouse_id) VALUES ($1, $2)",
+        picklist_id,
+        warehouse_id,
+    )
+    await conn.execute(
+        """
+        INSERT INTO picklist_lines (picklist_id, line_no, order_id, sku, bin, quantity)
+        SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[])
+        """,
+        picklist_id,
+        list(range(1, len(lines) + 1)),
+        [order_id for order_id, _ in lines],
+        [p.sku for _, p in lines],
+        [p.bin for _, p in lines],
+        [p.quantity for _, p in lines],
+    )
+
+
+async def confirm_all_picked(conn: Connection, picklist_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE picklist_lines SET picked_quantity = quantity WHERE picklist_id = $1", picklist_id
+    )
+    await conn.execute("UPDATE picklists SET status = 'done' WHERE picklist_id = $1", picklist_id)
+
+
+async def ship_out(conn: Connection, order_id: str, warehouse_id: str) -> None:
+    """Packed goods leave the shelves: on hand and reserved both go down."""
+    await conn.execute(
+        """
+        WITH packed AS (
+            UPDATE reservations SET status = 'packed'
+            WHERE order_id = $1 AND warehouse_id = $2 AND status = 'reserved'
+            RETURNING warehouse_id, sku, bin, quantity
+        ), totals AS (
+            SELECT warehouse_id, sku, bin, sum(quantity)::int AS quantity
+            FROM packed GROUP BY warehouse_id, sku, bin
+        )
+        UPDATE stock s SET on_hand = s.on_hand - p.quantity, reserved = s.reserved - p.quantity
+        FROM totals p
+        WHERE s.warehouse_id = p.warehouse_id AND s.sku = p.sku AND s.bin = p.bin
+        """,
+        order_id,
+        warehouse_id,
+    )
+
+
+async def stock_of_sku(conn: Connection, sku: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT warehouse_id, bin, on_hand, reserved, on_hand - reserved AS available
+        FROM stock WHERE sku = $1 ORDER BY warehouse_id, bin
+        """,
+        sku,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,155 @@
+"""Subscribers of the orders service: validate, call the handler, and that is all.
+
+Orders consumes every outbound topic to keep each order's status and timeline: it
+never reads another service's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from services.orders import handlers
+from services.orders.domain.promises import PromisePolicy
+from shared.db import UnitOfWork
+from shared.events import (
+    Event,
+    OrderPacked,
+    OrderPlaced,
+    PicklistCreated,
+    RefundRequested,
+    ReturnApproved,
+    ReturnReceived,
+    ReturnRejected,
+    ReturnRequested,
+    ShipmentDelivered,
+    ShipmentException,
+    ShipmentLabelCreated,
+    ShipmentShipped,
+    SlaBreached,
+    StockBackordered,
+    StockReleased,
+    StockReserved,
+    StockRestocked,
+)
+from shared.messaging import EventConsumer, InvalidEvent
+
+E = TypeVar("E", bound=Event)
+
+
+async def _ignore(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
+    return True  # the service that owns this inbound topic answers invalid input
+
+
+def _progress(
+    consumer: EventConsumer,
+    model: type[E],
+    status: str,
+    *,
+    at: Callable[[E], datetime] = lambda e: e.occurred_at,
+    detail: Callable[[E], dict[str, Any]] = lambda e: {},
+    ignore_invalid: bool = False,
+) -> None:
+    """Follow ``model``'s topic: each event adds ``status`` to its order's timeline."""
+
+    @consumer.handles(model, on_invalid=_ignore if ignore_invalid else None)
+    async def follow(event: E, uow: UnitOfWork) -> None:
+        order_id = event.partition_key()
+        if order_id is None:
+            return
+        await handlers.record_progress(
+            uow,
+            order_id=order_id,
+            status=status,
+            at=at(event),
+            topic=model.TOPIC,
+            event_id=event.event_id,
+            detail=detail(event),
+        )
+
+
+def build_consumer(*, schema: str, policy: PromisePolicy, **options: Any) -> EventConsumer:
+    consumer = EventConsumer(group_id="waybill-orders", schema=schema, **options)
+
+    @consumer.handles(OrderPlaced, on_invalid=handlers.reject_invalid_order)
+    async def on_order_placed(event: OrderPlaced, uow: UnitOfWork) -> None:
+        await handlers.place_order(event, uow, policy=policy)
+
+    @consumer.handles(PicklistCreated)
+    async def on_picklist_created(event: PicklistCreated, uow: UnitOfWork) -> None:
+        for order_id in dict.fromkeys(line.order_id for line in event.lines):
+            await handlers.record_progress(
+                uow,
+                order_id=order_id,
+                status="picking",
+                at=event.occurred_at,
+                topic=event.TOPIC,
+                event_id=event.event_id,
+                detail={"picklist_id": str(event.picklist_id), "warehouse_id": event.warehouse_id},
+            )
+
+    _progress(
+        consumer,
+        StockReserved,
+        "reserved",
+        detail=lambda e: {"allocations": [a.model_dump() for a in e.allocations]},
+    )
+    _progress(
+        consumer,
+        StockBackordered,
+        "backordered",
+        detail=lambda e: {"missing": [m.model_dump() for m in e.missing]},
+    )
+    _progress(consumer, StockReleased, "stock_released")
+    _progress(consumer, OrderPacked, "packed", detail=lambda e: {"warehouse_id": e.warehouse_id})
+    _progress(
+        consumer,
+        ShipmentLabelCreated,
+        "label_created",
+        detail=lambda e: {
+            "carrier": e.carrier,
+            "service": e.service,
+            "tracking_number": e.tracking_number,
+            "at_risk": e.at_risk,
+        },
+    )
+    _progress(consumer, ShipmentShipped, "shipped", at=lambda e: e.shipped_at)
+    _progress(
+        consumer,
+        ShipmentDelivered,
+        "delivered",
+        at=lambda e: e.delivered_at,
+        detail=lambda e: {"source": e.source, "shipment_id": str(e.shipment_id)},
+    )
+    _progress(
+        consumer,
+        ShipmentException,
+        "shipment_exception",
+        detail=lambda e: {"status": e.status, "detail": e.detail},
+    )
+    _progress(
+        consumer,
+        SlaBreached,
+        "sla_breached",
+        detail=lambda e: {"stage": e.stage, "deadline": e.deadline.isoformat()},
+    )
+    _progress(
+        consumer,
+        ReturnRequested,
+        "return_requested",
+        at=lambda e: e.requested_at,
+        detail=lambda e: {"return_id": e.return_id},
+        ignore_invalid=True,
+    )
+    _progress(consumer, ReturnApproved, "return_approved", detail=lambda e: {"rma": e.rma})
+    _progress(consumer, ReturnRejected, "return_rejected", detail=lambda e: {"reason": e.reason})
+    _progress(consumer, ReturnReceived, "returned", detail=lambda e: {"return_id": e.return_id})
+    _progress(
+        consumer,
+        RefundRequested,
+        "refund_requested",
+        detail=lambda e: {"amount": str(e.amount), "currency": e.currency},
+    )
+    _progress(consumer, StockRestocked, "restocked", detail=lambda e: {"sku": e.sku})
+    return consumer

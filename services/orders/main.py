@@ -1,0 +1,57 @@
+"""Composition root of the orders service."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI
+
+from services.orders.api import router
+from services.orders.config import OrdersSettings
+from services.orders.consumers import build_consumer
+from services.orders.domain.promises import PromisePolicy
+from shared import topics
+from shared.clock import Clock
+from shared.db import MigrationSource
+from shared.http import create_service_app
+from shared.runtime import ServiceDefinition, ServiceRuntime
+from shared.settings import KafkaSettings
+
+NAME = "orders"
+
+
+def build_runtime(
+    settings: OrdersSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    *,
+    clock: Clock | None = None,
+) -> ServiceRuntime:
+    settings = settings or OrdersSettings()
+    policy = PromisePolicy(time_zone=settings.promise_time_zone)
+    consumer = build_consumer(
+        schema=NAME,
+        policy=policy,
+        max_attempts=settings.consumer_max_attempts,
+        retry_base_seconds=settings.consumer_retry_base_seconds,
+    )
+    definition = ServiceDefinition(
+        name=NAME,
+        migrations=MigrationSource(NAME, files("services.orders.storage").joinpath("migrations")),
+        consumer=consumer,
+        produces=[
+            topics.ORDERS_ACCEPTED,
+            topics.ORDERS_REJECTED,
+            topics.ORDERS_CANCELLED,
+            topics.ORDERS_CANCELLATION_REJECTED,
+            topics.SLA_BREACHED,
+        ],
+    )
+    runtime = ServiceRuntime(
+        definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
+    )
+    runtime.extras["promise_policy"] = policy
+    return runtime
+
+
+def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
+    return create_service_app(runtime or build_runtime(), routers=[router])

@@ -1,0 +1,144 @@
+"""SQL of the orders service, next to the tables it touches (storage/migrations)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from shared.db.uow import Connection
+from shared.events import OrderPlaced, Promise
+
+
+async def insert_order(
+    conn: Connection, order: OrderPlaced, *, content_hash: str, promise: Promise
+) -> bool:
+    """Insert a new order; False when the order_id exists already."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO orders (order_id, shop_id, status, service_level, currency, placed_at,
+                            content_hash, lines, ship_to, customer, dispatch_by, deliver_by)
+        VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING true
+        """,
+        order.order_id,
+        order.shop_id,
+        order.service_level,
+        order.currency,
+        order.placed_at,
+        content_hash,
+        [line.model_dump(mode="json") for line in order.lines],
+        order.ship_to.model_dump(mode="json"),
+        order.customer.model_dump(mode="json"),
+        promise.dispatch_by,
+        promise.deliver_by,
+    )
+    return inserted is True
+
+
+async def content_hash_of(conn: Connection, order_id: str) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT content_hash FROM orders WHERE order_id = $1", order_id
+    )
+    return value
+
+
+async def lock_status(conn: Connection, order_id: str) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT status FROM orders WHERE order_id = $1 FOR UPDATE", order_id
+    )
+    return value
+
+
+async def set_status(conn: Connection, order_id: str, status: str) -> None:
+    await conn.execute(
+        "UPDATE orders SET status = $2, updated_at = now() WHERE order_id = $1", order_id, status
+    )
+
+
+async def append_timeline(
+    conn: Connection,
+    *,
+    order_id: str,
+    status: str,
+    at: datetime,
+    topic: str,
+    event_id: UUID,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO order_timeline (order_id, status, at, topic, event_id, detail)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        """,
+        order_id,
+        status,
+        at,
+        topic,
+        event_id,
+        detail or {},
+    )
+
+
+async def insert_rejection(
+    conn: Connection, *, event_id: UUID, order_id: str, reason: str, reasons: list[dict[str, str]]
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO rejections (event_id, order_id, reason, reasons) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (event_id) DO NOTHING
+        """,
+        event_id,
+        order_id,
+        reason,
+        reasons,
+    )
+
+
+async def fetch_order(conn: Connection, order_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+    if row is None:
+        return None
+    order = dict(row)
+    order["timeline"] = [
+        dict(r)
+        for r in await conn.fetch(
+            """
+            SELECT status, at, topic, detail FROM order_timeline
+            WHERE order_id = $1 ORDER BY id
+            """,
+            order_id,
+        )
+    ]
+    return order
+
+
+async def fetch_rejections(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT reason, reasons, rejected_at FROM rejections
+        WHERE order_id = $1 ORDER BY rejected_at
+        """,
+        order_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def count_by_status(conn: Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+    counts = {r["status"]: r["n"] for r in rows}
+    rejected = await conn.fetchval(
+        """
+        SELECT count(DISTINCT r.order_id) FROM rejections r
+        WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = r.order_id)
+        """
+    )
+    if rejected:
+        counts["rejected"] = counts.get("rejected", 0) + rejected
+    return counts
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

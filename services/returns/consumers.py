@@ -1,0 +1,29 @@
+"""Subscribers of the returns service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.returns import handlers
+from shared.clock import Clock
+from shared.db import UnitOfWork
+from shared.events import OrderAccepted, ReturnRequested, ShipmentDelivered
+from shared.messaging import EventConsumer
+
+
+def build_consumer(*, schema: str, window_days: int, clock: Clock, **options: Any) -> EventConsumer:
+    consumer = EventConsumer(group_id="waybill-returns", schema=schema, **options)
+
+    @consumer.handles(OrderAccepted)
+    async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
+        await handlers.remember_order(event, uow)
+
+    @consumer.handles(ShipmentDelivered)
+    async def on_shipment_delivered(event: ShipmentDelivered, uow: UnitOfWork) -> None:
+        await handlers.record_delivery(event, uow)
+
+    @consumer.handles(ReturnRequested, on_invalid=handlers.reject_invalid_return)
+    async def on_return_requested(event: ReturnRequested, uow: UnitOfWork) -> None:
+        await handlers.request_return(event, uow, window_days=window_days, now=clock.now())
+
+    return consumer

@@ -1,0 +1,68 @@
+"""Composition root of the returns service."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI
+
+from services.returns.api import router
+from services.returns.config import ReturnsSettings
+from services.returns.consumers import build_consumer
+from services.returns.workers import buy_return_labels
+from shared import topics
+from shared.carriers import CarrierGateway, SandboxCarrierGateway
+from shared.clock import Clock, SystemClock
+from shared.db import MigrationSource
+from shared.http import create_service_app
+from shared.runtime import ServiceDefinition, ServiceRuntime
+from shared.settings import KafkaSettings
+
+NAME = "returns"
+
+
+def build_runtime(
+    settings: ReturnsSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    *,
+    clock: Clock | None = None,
+    carriers: CarrierGateway | None = None,
+) -> ServiceRuntime:
+    settings = settings or ReturnsSettings()
+    clock = clock or SystemClock()
+    consumer = build_consumer(
+        schema=NAME,
+        window_days=settings.return_window_days,
+        clock=clock,
+        max_attempts=settings.consumer_max_attempts,
+        retry_base_seconds=settings.consumer_retry_base_seconds,
+    )
+    definition = ServiceDefinition(
+        name=NAME,
+        migrations=MigrationSource(NAME, files("services.returns.storage").joinpath("migrations")),
+        consumer=consumer,
+        produces=[
+            topics.RETURNS_APPROVED,
+            topics.RETURNS_REJECTED,
+            topics.RETURNS_RECEIVED,
+            topics.REFUNDS_REQUESTED,
+            topics.ORDERS_PLACED,
+        ],
+        workers=[buy_return_labels],
+    )
+    runtime = ServiceRuntime(
+        definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
+    )
+    gateway = carriers or SandboxCarrierGateway(
+        settings.carrier_sandbox_url,
+        webhook_secret=settings.carrier_webhook_secret.get_secret_value(),
+        timeout_seconds=settings.carrier_timeout_seconds,
+    )
+    runtime.extras["carriers"] = gateway
+    runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
+    runtime.cleanups.append(gateway.close)
+    return runtime
+
+
+def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
+    return create_service_app(runtime or build_runtime(), routers=[router])

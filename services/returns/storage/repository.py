@@ -1,0 +1,155 @@
+"""SQL of the returns service."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from services.returns.domain.window import Delivery
+from shared.db.uow import Connection
+
+LABELS_CHANNEL = "waybill_returns_labels"
+
+
+async def remember_order(
+    conn: Connection,
+    *,
+    order_id: str,
+    currency: str,
+    lines: list[dict[str, Any]],
+    ship_to: dict[str, Any],
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO return_orders (order_id, currency, lines, ship_to) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (order_id) DO NOTHING
+        """,
+        order_id,
+        currency,
+        lines,
+        ship_to,
+    )
+
+
+async def record_delivery(
+    conn: Connection,
+    *,
+    shipment_id: UUID,
+    order_id: str,
+    delivered_at: datetime,
+    carrier: str | None,
+    warehouse_id: str | None,
+    ship_from: dict[str, Any] | None,
+    lines: list[dict[str, Any]],
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO deliveries (shipment_id, order_id, delivered_at, carrier, warehouse_id,
+                                ship_from, lines)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (shipment_id) DO NOTHING
+        """,
+        shipment_id,
+        order_id,
+        delivered_at,
+        carrier,
+        warehouse_id,
+        ship_from,
+        lines,
+    )
+
+
+async def lock_order(conn: Connection, order_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM return_orders WHERE order_id = $1 FOR UPDATE", order_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def deliveries_of(conn: Connection, order_id: str) -> list[tuple[Delivery, dict[str, Any]]]:
+    rows = await conn.fetch(
+        "SELECT * FROM deliveries WHERE order_id = $1 ORDER BY delivered_at", order_id
+    )
+    result = []
+    for r in rows:
+        lines: dict[str, int] = {}
+        for line in r["lines"]:
+            lines[line["sku"]] = lines.get(line["sku"], 0) + int(line["quantity"])
+        result.append((Delivery(str(r["shipment_id"]), r["delivered_at"], lines), dict(r)))
+    return result
+
+
+async def returned_quantities(conn: Connection, order_id: str) -> dict[str, int]:
+    """What earlier approved returns of the order already take back, per sku."""
+    rows = await conn.fetch(
+        """
+        SELECT line->>'sku' AS sku, sum((line->>'quantity')::int)::int AS quantity
+        FROM returns, jsonb_array_elements(lines) AS line
+        WHERE order_id = $1 AND status IN ('label_pending', 'approved')
+        GROUP BY line->>'sku'
+        """,
+        order_id,
+    )
+    return {r["sku"]: r["quantity"] for r in rows}
+
+
+async def find_return(conn: Connection, return_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM returns WHERE return_id = $1", return_id)
+    return dict(row) if row is not None else None
+
+
+async def insert_return(conn: Connection, **fields: Any) -> bool:
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    inserted = await conn.fetchval(
+        f"INSERT INTO returns ({columns}) VALUES ({placeholders}) "
+        "ON CONFLICT (return_id) DO NOTHING RETURNING true",
+        *fields.values(),
+    )
+    return inserted is True
+
+
+async def lease_due_labels(
+    conn: Connection, *, limit: int, lease: timedelta
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT return_id FROM returns
+            WHERE status = 'label_pending' AND next_attempt_at <= now()
+            ORDER BY next_attempt_at LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE returns r SET next_attempt_at = now() + $2::interval, attempts = r.attempts + 1
+        FROM due WHERE r.return_id = due.return_id
+        RETURNING r.*
+        """,
+        limit,
+        lease,
+    )
+    return [dict(r) for r in rows]
+
+
+async def approve(conn: Connection, return_id: str, *, label: dict[str, Any]) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE returns SET status = 'approved', label = $2, decided_at = now(), last_error = NULL
+        WHERE return_id = $1 AND status = 'label_pending'
+        """,
+        return_id,
+        label,
+    )
+    return status == "UPDATE 1"
+
+
+async def postpone(conn: Connection, return_id: str, *, delay: timedelta, error: str) -> None:
+    await conn.execute(
+        """
+        UPDATE returns SET next_attempt_at = now() + $2::interval, last_error = $3
+        WHERE return_id = $1
+        """,
+        return_id,
+        delay,
+        error[:1000],
+    )

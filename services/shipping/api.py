@@ -1,0 +1,65 @@
+"""HTTP routes of the shipping service: carrier webhooks and shipment tracking."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from services.shipping import handlers
+from services.shipping.storage import repository as repo
+from shared.carriers import CarrierGateway
+from shared.db import unit_of_work
+from shared.http import require_role, runtime_of
+from shared.signing import WebhookSignatureError
+
+router = APIRouter(tags=["shipping"])
+
+
+@router.post("/webhooks/carriers/{carrier}", status_code=202)
+async def carrier_webhook(carrier: str, request: Request) -> dict[str, Any]:
+    """A carrier's tracking push: the signature over the raw body decides, not a token."""
+    runtime = runtime_of(request)
+    gateway: CarrierGateway = runtime.extras["carriers"]
+    body = await request.body()
+    try:
+        update = gateway.parse_webhook(
+            {k.lower(): v for k, v in request.headers.items()}, body, now=time.time()
+        )
+    except WebhookSignatureError as exc:
+        raise HTTPException(401, f"webhook refused: {exc}") from exc
+    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+        applied = await handlers.record_tracking(uow, update, source="webhook")
+    if applied is None:
+        raise HTTPException(404, f"no shipment with tracking number {update.tracking_number}")
+    return {"status": "applied" if applied else "duplicate"}
+
+
+@router.get("/shipments/{order_id}", dependencies=[Depends(require_role("shop", "ops"))])
+async def get_shipments(order_id: str, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        shipments = await repo.shipments_of_order(conn, order_id)
+    if not shipments:
+        raise HTTPException(404, f"no shipments for order {order_id}")
+    public = (
+        "shipment_id",
+        "warehouse_id",
+        "state",
+        "tracking_status",
+        "carrier",
+        "service",
+        "tracking_number",
+        "label_url",
+        "estimated_delivery",
+        "at_risk",
+        "attempts",
+        "last_error",
+        "label_created_at",
+        "shipped_at",
+        "delivered_at",
+        "lines",
+        "tracking",
+    )
+    return {"order_id": order_id, "shipments": [{k: s[k] for k in public} for s in shipments]}

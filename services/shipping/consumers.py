@@ -1,0 +1,24 @@
+"""Subscribers of the shipping service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.shipping import handlers
+from shared.db import UnitOfWork
+from shared.events import OrderAccepted, OrderPacked
+from shared.messaging import EventConsumer
+
+
+def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
+    consumer = EventConsumer(group_id="waybill-shipping", schema=schema, **options)
+
+    @consumer.handles(OrderAccepted)
+    async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
+        await handlers.remember_order(event, uow)
+
+    @consumer.handles(OrderPacked)
+    async def on_order_packed(event: OrderPacked, uow: UnitOfWork) -> None:
+        await handlers.request_label(event, uow)
+
+    return consumer

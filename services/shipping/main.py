@@ -1,0 +1,65 @@
+"""Composition root of the shipping service."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI
+
+from services.shipping.api import router
+from services.shipping.config import ShippingSettings
+from services.shipping.consumers import build_consumer
+from services.shipping.workers import buy_labels
+from shared import topics
+from shared.carriers import CarrierGateway, SandboxCarrierGateway
+from shared.clock import Clock
+from shared.db import MigrationSource
+from shared.http import create_service_app
+from shared.runtime import ServiceDefinition, ServiceRuntime
+from shared.settings import KafkaSettings
+
+NAME = "shipping"
+
+
+def build_runtime(
+    settings: ShippingSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    *,
+    clock: Clock | None = None,
+    carriers: CarrierGateway | None = None,
+) -> ServiceRuntime:
+    settings = settings or ShippingSettings()
+    consumer = build_consumer(
+        schema=NAME,
+        max_attempts=settings.consumer_max_attempts,
+        retry_base_seconds=settings.consumer_retry_base_seconds,
+    )
+    definition = ServiceDefinition(
+        name=NAME,
+        migrations=MigrationSource(NAME, files("services.shipping.storage").joinpath("migrations")),
+        consumer=consumer,
+        produces=[
+            topics.SHIPMENTS_LABEL_CREATED,
+            topics.SHIPMENTS_SHIPPED,
+            topics.SHIPMENTS_DELIVERED,
+            topics.SHIPMENTS_EXCEPTION,
+            topics.SLA_BREACHED,
+        ],
+        workers=[buy_labels],
+    )
+    runtime = ServiceRuntime(
+        definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
+    )
+    gateway = carriers or SandboxCarrierGateway(
+        settings.carrier_sandbox_url,
+        webhook_secret=settings.carrier_webhook_secret.get_secret_value(),
+        timeout_seconds=settings.carrier_timeout_seconds,
+    )
+    runtime.extras["carriers"] = gateway
+    runtime.cleanups.append(gateway.close)
+    runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
+    return runtime
+
+
+def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
+    return create_service_app(runtime or build_runtime(), routers=[router])

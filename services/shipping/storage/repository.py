@@ -1,0 +1,241 @@
+"""SQL of the shipping service."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from shared.db.uow import Connection
+
+LABELS_CHANNEL = "waybill_shipping_labels"
+
+
+async def remember_order(
+    conn: Connection,
+    *,
+    order_id: str,
+    service_level: str,
+    placed_at: datetime,
+    deliver_by: datetime,
+    ship_to: dict[str, Any],
+) -> int:
+    """Keep the order; release shipments packed before we heard of it. Returns how many."""
+    await conn.execute(
+        """
+        INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by, ship_to)
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING
+        """,
+        order_id,
+        service_level,
+        placed_at,
+        deliver_by,
+        ship_to,
+    )
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'label_pending', next_attempt_at = now()
+        WHERE order_id = $1 AND state = 'awaiting_order'
+        """,
+        order_id,
+    )
+    return int(status.split()[-1])
+
+
+async def order_known(conn: Connection, order_id: str) -> bool:
+    return (
+        await conn.fetchval("SELECT true FROM shipping_orders WHERE order_id = $1", order_id)
+    ) is True
+
+
+async def insert_shipment(
+    conn: Connection,
+    *,
+    shipment_id: UUID,
+    order_id: str,
+    warehouse_id: str,
+    state: str,
+    idempotency_key: str,
+    ship_from: dict[str, Any] | None,
+    parcels: list[dict[str, Any]],
+    lines: list[dict[str, Any]],
+) -> bool:
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO shipments (shipment_id, order_id, warehouse_id, state, idempotency_key,
+                               ship_from, parcels, lines)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT DO NOTHING
+        RETURNING true
+        """,
+        shipment_id,
+        order_id,
+        warehouse_id,
+        state,
+        idempotency_key,
+        ship_from,
+        parcels,
+        lines,
+    )
+    return inserted is True
+
+
+async def lease_due_shipments(
+    conn: Connection, *, limit: int, lease: timedelta
+) -> list[dict[str, Any]]:
+    """Take due label purchases for ``lease``; another worker skips them meanwhile."""
+    rows = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT shipment_id FROM shipments
+            WHERE state = 'label_pending' AND next_attempt_at <= now()
+            ORDER BY next_attempt_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE shipments s
+           SET next_attempt_at = now() + $2::interval, attempts = s.attempts + 1
+          FROM due, shipping_orders o
+         WHERE s.shipment_id = due.shipment_id AND o.order_id = s.order_id
+        RETURNING s.*, o.deliver_by, o.ship_to, o.service_level
+        """,
+        limit,
+        lease,
+    )
+    return [dict(r) for r in rows]
+
+
+async def choose_service(
+    conn: Connection,
+    shipment_id: UUID,
+    *,
+    carrier: str,
+    service: str,
+    estimated_delivery: datetime,
+    at_risk: bool,
+    idempotency_key: str,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE shipments SET carrier = $2, service = $3, estimated_delivery = $4, at_risk = $5,
+                             idempotency_key = $6
+        WHERE shipment_id = $1
+        """,
+        shipment_id,
+        carrier,
+        service,
+        estimated_delivery,
+        at_risk,
+        idempotency_key,
+    )
+
+
+async def record_label(
+    conn: Connection,
+    shipment_id: UUID,
+    *,
+    tracking_number: str,
+    label_url: str,
+    estimated_delivery: datetime,
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE shipments
+           SET state = 'label_created', tracking_status = 'pre_transit', tracking_number = $2,
+               label_url = $3, estimated_delivery = $4, label_created_at = now(),
+               last_error = NULL
+         WHERE shipment_id = $1 AND state = 'label_pending'
+        """,
+        shipment_id,
+        tracking_number,
+        label_url,
+        estimated_delivery,
+    )
+    return status == "UPDATE 1"
+
+
+async def postpone(conn: Connection, shipment_id: UUID, *, delay: timedelta, error: str) -> None:
+    await conn.execute(
+        """
+        UPDATE shipments SET next_attempt_at = now() + $2::interval, last_error = $3
+        WHERE shipment_id = $1
+        """,
+        shipment_id,
+        delay,
+        error[:1000],
+    )
+
+
+async def lock_by_tracking_number(conn: Connection, tracking_number: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM shipments WHERE tracking_number = $1 FOR UPDATE", tracking_number
+    )
+    return dict(row) if row is not None else None
+
+
+async def insert_tracking_event(
+    conn: Connection,
+    *,
+    shipment_id: UUID,
+    status: str,
+    at: datetime,
+    source: str,
+    description: str | None,
+    dedupe_key: str,
+) -> bool:
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO tracking_events (shipment_id, status, at, source, description, dedupe_key)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING true
+        """,
+        shipment_id,
+        status,
+        at,
+        source,
+        description,
+        dedupe_key,
+    )
+    return inserted is True
+
+
+async def update_tracking(
+    conn: Connection,
+    shipment_id: UUID,
+    *,
+    status: str,
+    shipped_at: datetime | None,
+    delivered_at: datetime | None,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE shipments SET tracking_status = $2, shipped_at = $3, delivered_at = $4
+        WHERE shipment_id = $1
+        """,
+        shipment_id,
+        status,
+        shipped_at,
+        delivered_at,
+    )
+
+
+async def shipments_of_order(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT * FROM shipments WHERE order_id = $1 ORDER BY created_at", order_id
+    )
+    shipments = []
+    for row in rows:
+        shipment = dict(row)
+        shipment["tracking"] = [
+            dict(r)
+            for r in await conn.fetch(
+                """
+                SELECT status, at, source, description FROM tracking_events
+                WHERE shipment_id = $1 ORDER BY at, id
+                """,
+                row["shipment_id"],
+            )
+        ]
+        shipments.append(shipment)
+    return shipments

@@ -1,0 +1,63 @@
+"""Background loops of the shipping service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from services.shipping import handlers
+from services.shipping.storage import repository as repo
+from shared.carriers import CarrierError, CarrierGateway
+from shared.db import unit_of_work
+from shared.db.notify import ChannelListener
+from shared.runtime import ServiceRuntime
+
+log = logging.getLogger("waybill.shipping.labels")
+
+PURCHASES_AT_ONCE = 16
+
+
+async def buy_labels(runtime: ServiceRuntime) -> None:
+    """Buy the labels of packed shipments: woken by NOTIFY, polling as a fallback."""
+    gateway: CarrierGateway = runtime.extras["carriers"]
+    lease = handlers.lease_for(runtime.extras["carrier_timeout_seconds"])
+    async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
+        while True:
+            async with runtime.pool.acquire() as conn:
+                due = await repo.lease_due_shipments(conn, limit=PURCHASES_AT_ONCE, lease=lease)
+            if not due:
+                await listener.wait(seconds=0.5)
+                continue
+            await asyncio.gather(*(_purchase(runtime, gateway, s) for s in due))
+
+
+async def _purchase(
+    runtime: ServiceRuntime, gateway: CarrierGateway, shipment: dict[str, Any]
+) -> None:
+    try:
+        if shipment["carrier"] is None:
+            choice = await handlers.choose_service(
+                shipment, gateway=gateway, now=runtime.clock.now()
+            )
+            async with runtime.pool.acquire() as conn:
+                await repo.choose_service(conn, shipment["shipment_id"], **choice)
+            shipment.update(choice)
+        label = await handlers.buy_label(shipment, gateway=gateway)
+    except CarrierError as exc:
+        delay = handlers.retry_delay(shipment["attempts"], exc)
+        log.warning(
+            "label for %s failed (attempt %d, %s); next try in %.1f s",
+            shipment["order_id"],
+            shipment["attempts"],
+            exc,
+            delay,
+        )
+        async with runtime.pool.acquire() as conn:
+            await repo.postpone(
+                conn, shipment["shipment_id"], delay=timedelta(seconds=delay), error=str(exc)
+            )
+        return
+    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+        await handlers.record_label(uow, shipment, label)

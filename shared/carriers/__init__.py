@@ -1,0 +1,25 @@
+"""Carrier gateways: how shipping and returns talk to carriers (and to the sandbox)."""
+
+from shared.carriers.base import (
+    CarrierError,
+    CarrierGateway,
+    Label,
+    LabelRequest,
+    Place,
+    Rate,
+    RateRequest,
+    TrackingEvent,
+)
+from shared.carriers.sandbox import SandboxCarrierGateway
+
+__all__ = [
+    "CarrierError",
+    "CarrierGateway",
+    "Label",
+    "LabelRequest",
+    "Place",
+    "Rate",
+    "RateRequest",
+    "SandboxCarrierGateway",
+    "TrackingEvent",
+]

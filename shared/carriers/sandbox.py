@@ -1,0 +1,126 @@
+"""The gateway to the carrier sandbox (``waybill carrier-sandbox``): several carriers, one API."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from shared.carriers.base import (
+    CarrierError,
+    Label,
+    LabelRequest,
+    Rate,
+    RateRequest,
+    TrackingEvent,
+)
+from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
+
+
+class SandboxCarrierGateway:
+    def __init__(self, base_url: str, *, webhook_secret: str, timeout_seconds: float = 5.0) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_seconds)
+        self._secret = webhook_secret
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise CarrierError(f"{method} {path} timed out", retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise CarrierError(f"{method} {path} failed: {exc}", retryable=True) from exc
+        if response.status_code == 429:
+            retry_after = response.headers.get("retry-after")
+            raise CarrierError(
+                "rate limited",
+                retryable=True,
+                retry_after=float(retry_after) if retry_after else None,
+            )
+        if response.status_code >= 500:
+            raise CarrierError(f"{method} {path}: {response.status_code}", retryable=True)
+        if response.status_code >= 400:
+            raise CarrierError(
+                f"{method} {path}: {response.status_code} {response.text[:300]}", retryable=False
+            )
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def rates(self, request: RateRequest) -> list[Rate]:
+        body = await self._call(
+            "POST",
+            "/v1/rates",
+            json={
+                "ship_from": vars(request.ship_from),
+                "ship_to": vars(request.ship_to),
+                "parcels": request.parcels,
+            },
+        )
+        return [
+            Rate(
+                carrier=r["carrier"],
+                service=r["service"],
+                price=Decimal(r["price"]),
+                currency=r["currency"],
+                transit_days=int(r["transit_days"]),
+            )
+            for r in body["rates"]
+        ]
+
+    async def buy_label(self, request: LabelRequest, *, idempotency_key: str) -> Label:
+        body = await self._call(
+            "POST",
+            "/v1/shipments",
+            headers={"Idempotency-Key": idempotency_key},
+            json={
+                "carrier": request.carrier,
+                "service": request.service,
+                "ship_from": vars(request.ship_from),
+                "ship_to": request.ship_to,
+                "parcels": request.parcels,
+                "reference": request.reference,
+            },
+        )
+        return Label(
+            carrier=body["carrier"],
+            service=body["service"],
+            carrier_shipment_id=body["shipment_id"],
+            tracking_number=body["tracking_number"],
+            label_url=body["label_url"],
+            estimated_delivery=datetime.fromisoformat(body["estimated_delivery"]),
+            price=Decimal(str(body["price"])),
+            currency=body["currency"],
+        )
+
+    async def track(self, tracking_number: str) -> list[TrackingEvent]:
+        body = await self._call("GET", f"/v1/trackers/{tracking_number}")
+        return [
+            TrackingEvent(
+                tracking_number=tracking_number,
+                status=e["status"],
+                at=datetime.fromisoformat(e["at"]),
+                description=e.get("description"),
+                raw=e,
+            )
+            for e in body["events"]
+        ]
+
+    def parse_webhook(self, headers: dict[str, str], body: bytes, *, now: float) -> TrackingEvent:
+        verify_webhook(self._secret, headers.get(SIGNATURE_HEADER.lower()), body, now=now)
+        try:
+            payload = json.loads(body)
+            return TrackingEvent(
+                tracking_number=payload["tracking_number"],
+                status=payload["status"],
+                at=datetime.fromisoformat(payload["occurred_at"]),
+                event_id=payload.get("event_id"),
+                description=payload.get("description"),
+                raw=payload,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WebhookSignatureError(f"signed but unreadable body: {exc}") from exc
