@@ -130,9 +130,10 @@ class ServiceRuntime:
             producer=self._producer,
             batch_max=self.settings.outbox_batch_max,
             poll_seconds=self.settings.outbox_poll_seconds,
+            topic_prefix=self.kafka.topic_prefix,
         )
         self._relay.start()
-        self.consumer.bind(self._pool)
+        self.consumer.bind(self._pool, topic_prefix=self.kafka.topic_prefix)
         if self.consumer.topics:
             self._broker = create_broker(self.kafka, client_id=f"waybill-{self.name}")
             subscribe(
@@ -140,6 +141,8 @@ class ServiceRuntime:
                 self.consumer,
                 max_records=self.settings.consumer_batch_max,
                 batch_timeout_ms=self.settings.consumer_batch_wait_ms,
+                session_timeout_ms=self.kafka.session_timeout_ms,
+                heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             )
             await self._broker.start()
         for worker in self.definition.workers:

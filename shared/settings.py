@@ -30,8 +30,14 @@ class KafkaSettings(BaseSettings):
     username: str | None = None
     password: SecretStr | None = None
     cafile: Path | None = None
+    #: put before every topic name, e.g. "staging." (several environments, one cluster)
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     topic_partitions: int = Field(default=6, ge=1, le=256)
     replication_factor: int = Field(default=1, ge=1, le=5)
+    #: a consumer is declared dead after this long without a heartbeat; the embedded
+    #: broker also waits half of it before completing a group join
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=60_000)
 
 
 class ServiceSettings(BaseSettings):

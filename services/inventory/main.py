@@ -17,6 +17,7 @@ from shared.runtime import ServiceDefinition, ServiceRuntime
 from shared.settings import KafkaSettings
 
 NAME = "inventory"
+SETTINGS = InventorySettings
 
 
 def build_runtime(

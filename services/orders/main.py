@@ -18,6 +18,7 @@ from shared.runtime import ServiceDefinition, ServiceRuntime
 from shared.settings import KafkaSettings
 
 NAME = "orders"
+SETTINGS = OrdersSettings
 
 
 def build_runtime(

@@ -19,6 +19,7 @@ from shared.runtime import ServiceDefinition, ServiceRuntime
 from shared.settings import KafkaSettings
 
 NAME = "returns"
+SETTINGS = ReturnsSettings
 
 
 def build_runtime(

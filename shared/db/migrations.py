@@ -57,7 +57,9 @@ async def apply_migrations(
     conn: asyncpg.Connection, *, schema: str, sources: list[MigrationSource]
 ) -> list[str]:
     """Apply what is not yet applied, in order; return the versions applied now."""
-    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    # A service role may own its schema without the right to create schemas: look first.
+    if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
     await conn.execute(f'SET search_path TO "{schema}"')
     lock = _lock_key(schema)
     await conn.execute("SELECT pg_advisory_lock($1)", lock)

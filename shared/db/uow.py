@@ -8,6 +8,7 @@ so PostgreSQL delivers it only if the transaction commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -95,13 +96,16 @@ class UnitOfWork:
         await self.conn.execute(
             """
             INSERT INTO outbox (event_id, topic, key, payload, headers)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])
+            SELECT e, t, k, p, h::jsonb
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+                 AS m(e, t, k, p, h)
             """,
             [m.event_id for m in batch],
             [m.topic for m in batch],
             [m.key for m in batch],
             [m.payload for m in batch],
-            [[list(h) for h in m.headers] for m in batch],
+            # as JSON text: asyncpg would read nested lists as a multi-dimensional array
+            [json.dumps(m.headers) for m in batch],
         )
         await self.conn.execute("SELECT pg_notify($1, '')", outbox_channel(self.schema))
         return len(batch)

@@ -38,6 +38,8 @@ def subscribe(
     *,
     max_records: int = 500,
     batch_timeout_ms: int = 20,
+    session_timeout_ms: int = 10_000,
+    heartbeat_interval_ms: int = 3_000,
 ) -> None:
     """Feed ``consumer`` with batches of its topics' records from ``broker``."""
 
@@ -51,12 +53,14 @@ def subscribe(
 
     on_batch.__name__ = f"{consumer.group_id.replace('-', '_')}_batch"
     broker.subscriber(
-        *consumer.topics,
+        *consumer.subscribed_topics(),
         group_id=consumer.group_id,
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
         title=f"{consumer.group_id}:batch",
     )(on_batch)

@@ -88,6 +88,8 @@ class Delivery:
     """One record after decoding: an event, an invalid payload, or an undecodable one."""
 
     record: Record
+    #: the topic's name inside Waybill, without the deployment's topic prefix
+    topic: str
     dedupe_id: UUID
     event: Event | None = None
     invalid: InvalidEvent | None = None
@@ -124,11 +126,14 @@ class EventConsumer:
         self.retry_base_seconds = retry_base_seconds
         self._routes: dict[str, Route[Any]] = {}
         self._pool: asyncpg.Pool | None = None
+        self.topic_prefix = ""
         #: Called after a batch's transaction committed and before the offset is;
         #: fault-injection point for the at-least-once tests.
         self.after_commit: Callable[[Sequence[Record]], Awaitable[None]] | None = None
+        #: counters for metrics and tests: handled, absorbed as duplicates, dead-lettered
         self.dead_lettered = 0
         self.handled = 0
+        self.duplicates = 0
 
     # -- registration -------------------------------------------------------------
 
@@ -152,8 +157,13 @@ class EventConsumer:
     def topics(self) -> list[str]:
         return sorted(self._routes)
 
-    def bind(self, pool: asyncpg.Pool) -> None:
+    def bind(self, pool: asyncpg.Pool, *, topic_prefix: str = "") -> None:
         self._pool = pool
+        self.topic_prefix = topic_prefix
+
+    def subscribed_topics(self) -> list[str]:
+        """The topic names on the broker (with the deployment's prefix)."""
+        return [self.topic_prefix + t for t in self.topics]
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -167,18 +177,17 @@ class EventConsumer:
         return f"{self.group_id}/{topic}"
 
     def decode(self, record: Record) -> Delivery:
-        fallback_id = uuid5(
-            _FALLBACK_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}"
-        )
-        route = self._routes.get(record.topic)
+        topic = record.topic.removeprefix(self.topic_prefix)
+        fallback_id = uuid5(_FALLBACK_NAMESPACE, f"{topic}/{record.partition}/{record.offset}")
+        route = self._routes.get(topic)
         if route is None:
-            return Delivery(record, fallback_id, undecodable=f"no handler for {record.topic}")
+            return Delivery(record, topic, fallback_id, undecodable=f"no handler for {topic}")
         try:
             payload = json.loads(record.value or b"")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return Delivery(record, fallback_id, undecodable=f"not JSON: {exc}")
+            return Delivery(record, topic, fallback_id, undecodable=f"not JSON: {exc}")
         if not isinstance(payload, dict):
-            return Delivery(record, fallback_id, undecodable="not a JSON object")
+            return Delivery(record, topic, fallback_id, undecodable="not a JSON object")
         try:
             event = route.model.model_validate(payload)
         except ValidationError as exc:
@@ -187,8 +196,8 @@ class EventConsumer:
             if isinstance(raw_id, str):
                 with contextlib.suppress(ValueError):
                     dedupe_id = UUID(raw_id)
-            return Delivery(record, dedupe_id, invalid=InvalidEvent(record.topic, payload, exc))
-        return Delivery(record, event.event_id, event=event)
+            return Delivery(record, topic, dedupe_id, invalid=InvalidEvent(topic, payload, exc))
+        return Delivery(record, topic, event.event_id, event=event)
 
     async def process(self, records: Sequence[Record]) -> None:
         """Handle a batch; returns once every record is handled or dead-lettered."""
@@ -222,7 +231,7 @@ class EventConsumer:
         by_topic: dict[str, list[UUID]] = {}
         for d in deliveries:
             if d.undecodable is None:
-                by_topic.setdefault(d.record.topic, []).append(d.dedupe_id)
+                by_topic.setdefault(d.topic, []).append(d.dedupe_id)
         claimed: dict[str, set[UUID]] = {
             topic: await uow.claim(self.inbox_name(topic), ids) for topic, ids in by_topic.items()
         }
@@ -230,14 +239,15 @@ class EventConsumer:
             if d.undecodable is not None:
                 await self._dead_letter(uow, d, d.undecodable, "UndecodableRecord", attempts=1)
                 continue
-            fresh = claimed[d.record.topic]
+            fresh = claimed[d.topic]
             if d.dedupe_id not in fresh:
-                continue  # already handled: a redelivery, a replayed outbox row, a duplicate
+                self.duplicates += 1  # a redelivery, a re-published outbox row, a resend
+                continue
             fresh.discard(d.dedupe_id)  # a second copy in this same batch is a duplicate too
             await self._dispatch(d, uow)
 
     async def _dispatch(self, d: Delivery, uow: UnitOfWork) -> None:
-        route = self._routes[d.record.topic]
+        route = self._routes[d.topic]
         carrier = {k: v.decode(errors="replace") for k, v in d.record.headers}
         token = otel_context.attach(propagate.extract(carrier))
         try:
@@ -272,7 +282,7 @@ class EventConsumer:
                 if permanent or attempts >= self.max_attempts:
                     log.error(
                         "dead-lettering %s[%d]@%d after %d attempts: %s",
-                        d.record.topic,
+                        d.topic,
                         d.record.partition,
                         d.record.offset,
                         attempts,
@@ -303,7 +313,7 @@ class EventConsumer:
             RETURNING id
             """,
             self.group_id,
-            r.topic,
+            d.topic,
             r.partition,
             r.offset,
             key,
@@ -319,7 +329,7 @@ class EventConsumer:
         self.dead_lettered += 1
         uow.emit(
             DeadLetter(
-                original_topic=r.topic,
+                original_topic=d.topic,
                 partition=r.partition,
                 offset=r.offset,
                 key=key,
@@ -331,5 +341,5 @@ class EventConsumer:
                 consumer_group=self.group_id,
                 failed_at=utc_now(),
             ),
-            topic=dead_letter_topic(r.topic),
+            topic=dead_letter_topic(d.topic),
         )

@@ -82,8 +82,8 @@ def create_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
 
 
 async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
-    """Create the topics that do not exist yet (idempotent, safe to race)."""
-    wanted = sorted(set(names))
+    """Create the topics that do not exist yet (idempotent, safe to race); names unprefixed."""
+    wanted = sorted({settings.topic_prefix + name for name in names})
     admin = AIOKafkaAdminClient(client_id="waybill-admin", **client_options(settings))
     await admin.start()
     try:

@@ -42,6 +42,7 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         batch_max: int = 1000,
         poll_seconds: float = 1.0,
+        topic_prefix: str = "",
     ) -> None:
         self._dsn = dsn
         self._pool = pool
@@ -49,6 +50,7 @@ class OutboxRelay:
         self._producer = producer
         self._batch_max = batch_max
         self._poll_seconds = poll_seconds
+        self._topic_prefix = topic_prefix
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published_total = 0
@@ -125,7 +127,7 @@ class OutboxRelay:
             key = row["key"]
             deliveries.append(
                 await self._producer.send(
-                    row["topic"],
+                    self._topic_prefix + row["topic"],
                     value=row["payload"],
                     key=key.encode() if key is not None else None,
                     headers=[(k, v.encode()) for k, v in row["headers"]],

@@ -1,0 +1,144 @@
+"""Fixtures: real infrastructure once per session, an isolated system per test that asks.
+
+Infrastructure is chosen as DESIGN.md says: external servers from WAYBILL_KAFKA_BOOTSTRAP
+and WAYBILL_DATABASE_URL, else testcontainers when a Docker engine answers, else the
+embedded broker and PostgreSQL. Each system gets its own database and topic prefix, so
+tests never see each other's events or rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from shared.infra import Infrastructure, provision_service_database, start_infrastructure
+
+from shared.settings import KafkaSettings
+from tests.support import EventLog, Publisher
+from waybill.system import SERVICES, LocalSystem, SystemConfig
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
+    data_dir = Path(os.environ.get("WAYBILL_TEST_DATA_DIR") or tmp_path_factory.mktemp("infra"))
+    infrastructure = start_infrastructure(data_dir=data_dir, durable=False)
+    try:
+        yield infrastructure
+    finally:
+        infrastructure.close()
+
+
+@pytest.fixture(scope="session")
+def role_password() -> str:
+    # one password per test session: every provisioning call sets the same one
+    return secrets.token_urlsafe(18)
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def new_database(infra: Infrastructure) -> str:
+    """A fresh database on the test server; returns its admin DSN."""
+    name = f"waybill_t_{secrets.token_hex(5)}"
+    conn = await asyncpg.connect(infra.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(infra.admin_dsn, name)
+
+
+def new_kafka(infra: Infrastructure) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap=infra.kafka_bootstrap,
+        topic_prefix=f"t{secrets.token_hex(4)}.",
+        topic_partitions=3,
+        # the embedded broker completes a group join after half the session timeout
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=500,
+    )
+
+
+@pytest.fixture
+async def admin_dsn(infra: Infrastructure) -> str:
+    return await new_database(infra)
+
+
+MakeSystem = Callable[..., Awaitable[LocalSystem]]
+
+
+@pytest.fixture
+async def make_system(infra: Infrastructure, role_password: str) -> AsyncIterator[MakeSystem]:
+    """Start an isolated system: ``await make_system(autopick=True, services=[...])``."""
+    systems: list[LocalSystem] = []
+
+    async def make(
+        *,
+        services: list[str] | None = None,
+        clock: Any = None,
+        with_sandbox: bool = True,
+        **config: Any,
+    ) -> LocalSystem:
+        admin = await new_database(infra)
+        urls = {
+            name: await provision_service_database(admin, name, password=role_password)
+            for name in SERVICES
+        }
+        overrides = {"consumer_retry_base_seconds": 0.05, "outbox_poll_seconds": 0.5}
+        overrides.update(config.pop("service_overrides", {}))
+        system = LocalSystem(
+            SystemConfig(
+                kafka=new_kafka(infra),
+                database_urls=urls,
+                service_overrides=overrides,
+                **config,
+            ),
+            services=services or list(SERVICES),
+            clock=clock,
+            with_sandbox=with_sandbox,
+        )
+        systems.append(system)
+        await system.start()
+        return system
+
+    yield make
+    for system in reversed(systems):
+        await system.stop()
+
+
+@pytest.fixture
+async def event_log_factory() -> AsyncIterator[Callable[..., Awaitable[EventLog]]]:
+    logs: list[EventLog] = []
+
+    async def make(kafka: KafkaSettings, topics: list[str]) -> EventLog:
+        log = EventLog(kafka, topics)
+        await log.start()
+        logs.append(log)
+        return log
+
+    yield make
+    for log in logs:
+        await log.stop()
+
+
+@pytest.fixture
+async def publisher_factory() -> AsyncIterator[Callable[[KafkaSettings], Awaitable[Publisher]]]:
+    publishers: list[Publisher] = []
+
+    async def make(kafka: KafkaSettings) -> Publisher:
+        publisher = Publisher(kafka)
+        await publisher.start()
+        publishers.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in publishers:
+        await publisher.stop()

@@ -1,0 +1,132 @@
+"""Helpers for tests against the real broker: publish, collect events, wait for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.messaging.kafka import client_options
+from shared.settings import KafkaSettings
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None] | T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        result = probe()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        last = result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+class EventLog:
+    """Reads topics from the beginning into memory, so tests can wait for events."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Iterable[str]) -> None:
+        self._kafka = kafka
+        self._topics = sorted(set(topics))
+        self.records: dict[str, list[Any]] = defaultdict(list)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *[self._kafka.topic_prefix + t for t in self._topics],
+            group_id=f"test-log-{uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=self._kafka.session_timeout_ms,
+            heartbeat_interval_ms=self._kafka.heartbeat_interval_ms,
+            **client_options(self._kafka),
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        async for record in self._consumer:
+            topic = record.topic.removeprefix(self._kafka.topic_prefix)
+            try:
+                value: Any = json.loads(record.value)
+            except (ValueError, TypeError):
+                value = record.value
+            self.records[topic].append(value)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def about(self, topic: str, **match: Any) -> list[dict[str, Any]]:
+        """The events on ``topic`` whose fields equal ``match``."""
+        return [
+            e
+            for e in self.records.get(topic, [])
+            if isinstance(e, dict) and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    async def wait(
+        self, topic: str, *, count: int = 1, timeout: float = 30.0, **match: Any
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await wait_for(
+            lambda: events if len(events := self.about(topic, **match)) >= count else None,
+            timeout=timeout,
+            what=f"{count} event(s) on {topic} matching {match}",
+        )
+        return found
+
+
+class Publisher:
+    """Publishes raw records to the system's topics, as a shop's producer would."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._producer = AIOKafkaProducer(acks="all", **client_options(kafka))
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | dict[str, Any], *, key: str | None) -> None:
+        payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+        await self._producer.send_and_wait(
+            self._kafka.topic_prefix + topic,
+            payload,
+            key=key.encode() if key is not None else None,
+        )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=30.0)
