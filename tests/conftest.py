@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from shared.infra import Infrastructure, provision_service_database, start_infrastructure
 
+from shared.infra import Infrastructure, provision_service_database, start_infrastructure
 from shared.settings import KafkaSettings
 from tests.support import EventLog, Publisher
 from waybill.system import SERVICES, LocalSystem, SystemConfig

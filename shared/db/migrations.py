@@ -57,13 +57,14 @@ async def apply_migrations(
     conn: asyncpg.Connection, *, schema: str, sources: list[MigrationSource]
 ) -> list[str]:
     """Apply what is not yet applied, in order; return the versions applied now."""
-    # A service role may own its schema without the right to create schemas: look first.
-    if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    await conn.execute(f'SET search_path TO "{schema}"')
+    # The lock comes first: two runners must not both find the schema missing.
     lock = _lock_key(schema)
     await conn.execute("SELECT pg_advisory_lock($1)", lock)
     try:
+        # A service role may own its schema without the right to create schemas: look first.
+        if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (

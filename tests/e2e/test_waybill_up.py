@@ -1,0 +1,60 @@
+"""The README's first command, as a user runs it: `waybill up --demo`, in its own process."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
+    for name in ("BROKER", "POSTGRES", "ORDERS", "INVENTORY", "SHIPPING", "RETURNS", "SANDBOX"):
+        env[f"WAYBILL_{name}_PORT"] = str(free_port())
+    before = {p.pid for p in psutil.process_iter()}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "waybill.cli",
+            "up",
+            "--demo",
+            "--orders",
+            "8",
+            "--rate",
+            "8",
+            "--exit-when-done",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Waybill is up." in result.stdout
+    assert "Demo complete" in result.stdout
+    progress = re.findall(r"delivered=(\d+)", result.stdout)
+    assert progress, "the progress table shows delivered orders"
+    assert "Stopped." in result.stdout
+    leftovers = [
+        p.name()
+        for p in psutil.process_iter()
+        if p.pid not in before and p.name() in ("postgres", "tansu") and p.status() != "zombie"
+    ]
+    assert leftovers == [], f"processes left running: {leftovers}"

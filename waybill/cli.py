@@ -1,0 +1,169 @@
+"""The ``waybill`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+SERVICES = ("orders", "inventory", "shipping", "returns")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """One service as its own process, against external Kafka and PostgreSQL."""
+    import importlib
+
+    import uvicorn
+
+    main = importlib.import_module(f"services.{args.service}.main")
+    settings = main.SETTINGS()
+    runtime = main.build_runtime(settings)
+    app = main.create_app(runtime)
+    uvicorn.run(
+        app,
+        host=args.host or settings.http_host,
+        port=args.port or settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_carrier_sandbox(args: argparse.Namespace) -> int:
+    from waybill.carrier_sandbox import SandboxConfig, run_sandbox
+
+    config = SandboxConfig(
+        webhook_url_template=args.webhook_url,
+        webhook_secret=args.webhook_secret or os.environ.get("WAYBILL_CARRIER_WEBHOOK_SECRET", ""),
+        public_url=args.public_url or f"http://{args.host}:{args.port}",
+        auto_advance=args.auto_advance,
+        auto_advance_step_seconds=args.step_seconds,
+    )
+    run_sandbox(config, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from waybill.up import UpOptions, run_up
+
+    options = UpOptions(
+        demo=args.demo,
+        demo_orders=args.orders,
+        demo_rate=args.rate,
+        exit_when_done=args.exit_when_done,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        fresh=args.fresh,
+    )
+    return asyncio.run(run_up(options))
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from waybill.asyncapi import render
+
+    document = render()
+    target = Path(args.output)
+    if args.check:
+        current = target.read_text() if target.exists() else ""
+        if current != document:
+            print(f"{target} is stale: run `waybill asyncapi` and commit it", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(document)
+    print(f"wrote {target}")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from waybill.dlq import list_dead_letters, replay_dead_letters
+
+    if args.dlq_command == "list":
+        return asyncio.run(list_dead_letters(topic=args.topic, as_json=args.json))
+    return asyncio.run(replay_dead_letters(topic=args.topic, event_id=args.event_id))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="waybill", description="Event-driven order fulfilment and logistics."
+    )
+    parser.add_argument("--log-level", default=os.environ.get("WAYBILL_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="the whole system on this machine (embedded infra)")
+    up.add_argument("--demo", action="store_true", help="sample data, a shop simulator, progress")
+    up.add_argument("--orders", type=int, default=50, help="demo: how many orders to place")
+    up.add_argument("--rate", type=float, default=5.0, help="demo: orders per second")
+    up.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="demo: stop once every demo order is delivered and its return decided",
+    )
+    up.add_argument("--data-dir", help="where embedded data lives (WAYBILL_DATA_DIR)")
+    up.add_argument("--fresh", action="store_true", help="start from an empty database")
+    up.set_defaults(handler=cmd_up)
+
+    run = commands.add_parser("run", help="one service against external Kafka and PostgreSQL")
+    run.add_argument("service", choices=SERVICES)
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.set_defaults(handler=cmd_run)
+
+    sandbox = commands.add_parser("carrier-sandbox", help="the carrier sandbox alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.add_argument("--public-url")
+    sandbox.add_argument(
+        "--webhook-url",
+        default=os.environ.get(
+            "WAYBILL_SANDBOX_WEBHOOK_URL", "http://127.0.0.1:8083/webhooks/carriers/{carrier}"
+        ),
+        help="where tracking webhooks go; {carrier} is replaced",
+    )
+    sandbox.add_argument("--webhook-secret")
+    sandbox.add_argument("--auto-advance", action="store_true", help="move parcels by itself")
+    sandbox.add_argument("--step-seconds", type=float, default=2.0)
+    sandbox.set_defaults(handler=cmd_carrier_sandbox)
+
+    asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the code")
+    asyncapi.add_argument("--output", default="docs/asyncapi.yaml")
+    asyncapi.add_argument("--check", action="store_true", help="fail if the file is stale")
+    asyncapi.set_defaults(handler=cmd_asyncapi)
+
+    dlq = commands.add_parser("dlq", help="inspect and re-drive dead-lettered records")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_commands.add_parser("list", help="dead letters of every topic, or one")
+    dlq_list.add_argument("topic", nargs="?")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_replay = dlq_commands.add_parser("replay", help="publish dead letters to their topic again")
+    dlq_replay.add_argument("topic")
+    dlq_replay.add_argument("--event-id")
+    dlq.set_defaults(handler=cmd_dlq)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        result: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

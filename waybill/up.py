@@ -1,0 +1,438 @@
+"""``waybill up``: the whole system on one machine, each service its own process.
+
+Starts the embedded broker and PostgreSQL (or uses WAYBILL_KAFKA_BOOTSTRAP and
+WAYBILL_DATABASE_URL), gives every service its own role and schema, starts the
+carrier sandbox and the four services, waits until each is ready, prints URLs and
+tokens, and on Ctrl-C stops everything it started. ``--demo`` adds warehouses and
+stock, a shop simulator, automatic picking, parcels that move by themselves, and a
+live progress table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared import topics
+from shared.infra import provision_service_database, start_infrastructure
+from shared.messaging.kafka import client_options
+from shared.settings import KafkaSettings, default_data_dir
+from waybill.system import DEFAULT_PORTS, SERVICES
+
+log = logging.getLogger("waybill.up")
+
+EMBEDDED_KAFKA_PORT = 19092
+EMBEDDED_POSTGRES_PORT = 15432
+
+DEMO_WAREHOUSES = [
+    ("BER-1", "Berlin", "DE", "10115"),
+    ("MUC-1", "Munich", "DE", "80331"),
+    ("AMS-1", "Amsterdam", "NL", "1011"),
+]
+RETURN_AFTER_SECONDS = 3.0
+DEMO_SKUS = [f"DEMO-{n}" for n in range(1, 9)]
+DEMO_DESTINATIONS = [
+    ("Berlin", "DE", "10178"),
+    ("Hamburg", "DE", "20095"),
+    ("Munich", "DE", "80469"),
+    ("Cologne", "DE", "50667"),
+    ("Amsterdam", "NL", "1012"),
+    ("Utrecht", "NL", "3511"),
+]
+
+
+@dataclass
+class UpOptions:
+    demo: bool = False
+    demo_orders: int = 50
+    demo_rate: float = 5.0
+    exit_when_done: bool = False
+    data_dir: Path | None = None
+    fresh: bool = False
+    done_timeout_seconds: float = 600.0
+
+
+def _env_or_random(name: str) -> str:
+    return os.environ.get(name) or secrets.token_urlsafe(18)
+
+
+class Child:
+    """A service process; its output goes to a log file under the data directory."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True
+            )
+
+    async def stop(self, grace_seconds: float = 15.0) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), grace_seconds)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _wait_ready(http: httpx.AsyncClient, name: str, url: str, child: Child) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if child.process is not None and child.process.returncode is not None:
+            raise RuntimeError(
+                f"{name} exited with {child.process.returncode}; see {child.log_path}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(url, timeout=2)).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{name} not ready at {url} after 90 s; see {child.log_path}")
+
+
+async def run_up(options: UpOptions) -> int:
+    data_dir = options.data_dir or Path(os.environ.get("WAYBILL_DATA_DIR") or default_data_dir())
+    if options.fresh and (data_dir / "postgres").exists():
+        shutil.rmtree(data_dir / "postgres")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    print(f"Starting infrastructure (data in {data_dir}) ...", flush=True)
+    infra = await asyncio.to_thread(
+        start_infrastructure,
+        data_dir=data_dir,
+        kafka_port=int(os.environ.get("WAYBILL_BROKER_PORT", EMBEDDED_KAFKA_PORT)),
+        postgres_port=int(os.environ.get("WAYBILL_POSTGRES_PORT", EMBEDDED_POSTGRES_PORT)),
+        durable=True,
+        prefer="embedded",
+    )
+    children: list[Child] = []
+    try:
+        password = secrets.token_urlsafe(18)
+        dsns = {
+            name: await provision_service_database(infra.admin_dsn, name, password=password)
+            for name in SERVICES
+        }
+        tokens = {
+            role: _env_or_random(f"WAYBILL_TOKEN_{role.upper()}")
+            for role in ("shop", "warehouse", "ops", "admin")
+        }
+        webhook_secret = _env_or_random("WAYBILL_CARRIER_WEBHOOK_SECRET")
+        ports = {
+            part: int(os.environ.get(f"WAYBILL_{part.upper()}_PORT", port))
+            for part, port in DEFAULT_PORTS.items()
+        }
+        urls = {part: f"http://127.0.0.1:{port}" for part, port in ports.items()}
+        base_env = {
+            **os.environ,
+            "WAYBILL_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+            "WAYBILL_CARRIER_WEBHOOK_SECRET": webhook_secret,
+            "WAYBILL_CARRIER_SANDBOX_URL": urls["sandbox"],
+            **{f"WAYBILL_TOKEN_{role.upper()}": token for role, token in tokens.items()},
+        }
+        if options.demo:
+            base_env["WAYBILL_AUTOPICK"] = "1"
+        python = [sys.executable, "-m", "waybill.cli"]
+        logs = data_dir / "logs"
+        sandbox_argv = [
+            *python,
+            "carrier-sandbox",
+            "--port",
+            str(ports["sandbox"]),
+            "--webhook-url",
+            f"{urls['shipping']}/webhooks/carriers/{{carrier}}",
+            "--webhook-secret",
+            webhook_secret,
+        ]
+        if options.demo:
+            sandbox_argv += ["--auto-advance", "--step-seconds", "1.0"]
+        children.append(Child("sandbox", sandbox_argv, base_env, logs / "sandbox.log"))
+        for name in SERVICES:
+            env = {**base_env, "WAYBILL_DATABASE_URL": dsns[name]}
+            env[f"WAYBILL_{name.upper()}_PORT"] = str(ports[name])
+            children.append(Child(name, [*python, "run", name], env, logs / f"{name}.log"))
+        for child in children:
+            await child.start()
+        async with httpx.AsyncClient() as http:
+            for child in children:
+                probe = "/healthz" if child.name == "sandbox" else "/readyz"
+                await _wait_ready(http, child.name, urls[child.name] + probe, child)
+        _print_banner(urls, tokens, infra.kafka_bootstrap, logs)
+        kafka = KafkaSettings(bootstrap=infra.kafka_bootstrap)
+        if options.demo:
+            demo = asyncio.create_task(
+                run_demo(options, urls=urls, tokens=tokens, kafka=kafka, stop=stop)
+            )
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if demo in done:
+                result = demo.result()
+                if options.exit_when_done:
+                    return result
+                await stop.wait()
+            else:
+                demo.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo
+        else:
+            await stop.wait()
+        return 0
+    finally:
+        print("\nStopping ...", flush=True)
+        for child in reversed(children):
+            await child.stop()
+        await asyncio.to_thread(infra.close)
+        print("Stopped.", flush=True)
+
+
+def _print_banner(urls: dict[str, str], tokens: dict[str, str], bootstrap: str, logs: Path) -> None:
+    print("\nWaybill is up.\n")
+    for part in ("orders", "inventory", "shipping", "returns", "sandbox"):
+        print(f"  {part:10} {urls[part]}")
+    print(f"  {'broker':10} {bootstrap}")
+    print(f"\n  ops dashboard data:  {urls['orders']}/sla/summary")
+    for role, token in tokens.items():
+        print(f"  token {role:10} {token}")
+    print(f"\n  logs: {logs}\n  Ctrl-C stops everything.\n", flush=True)
+
+
+async def _demo_setup(
+    http: httpx.AsyncClient, urls: dict[str, str], tokens: dict[str, str], n: int
+) -> None:
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    for warehouse_id, name, country, postal in DEMO_WAREHOUSES:
+        r = await http.put(
+            f"{urls['inventory']}/warehouses/{warehouse_id}",
+            json={"name": name, "country": country, "postal_code": postal},
+            headers=admin,
+        )
+        r.raise_for_status()
+    per_sku = max(5, n)  # enough for every demo order, spread over the warehouses
+    for i, sku in enumerate(DEMO_SKUS):
+        for j, (warehouse_id, *_rest) in enumerate(DEMO_WAREHOUSES):
+            r = await http.post(
+                f"{urls['inventory']}/stock/receipts",
+                json={
+                    "warehouse_id": warehouse_id,
+                    "sku": sku,
+                    "quantity": per_sku,
+                    "bin": f"{'ABC'[j]}-{i + 1:02d}-{(i * 7) % 5 + 1:02d}",
+                },
+                headers=admin,
+            )
+            r.raise_for_status()
+
+
+def demo_order(n: int) -> dict[str, Any]:
+    city, country, postal = random.choice(DEMO_DESTINATIONS)
+    lines = random.sample(DEMO_SKUS, k=random.randint(1, 3))
+    return {
+        "event_id": str(uuid4()),
+        "order_id": f"demo:{uuid4().hex[:10]}",
+        "shop_id": "demo-shop",
+        "placed_at": datetime.now(UTC).isoformat(),
+        "service_level": "express" if n % 5 == 0 else "standard",
+        "currency": "EUR",
+        "customer": {"name": f"Customer {n}", "email": f"customer{n}@example.org"},
+        "ship_to": {
+            "name": f"Customer {n}",
+            "line1": f"Example Street {n}",
+            "city": city,
+            "postal_code": postal,
+            "country": country,
+        },
+        "lines": [
+            {
+                "sku": sku,
+                "quantity": random.randint(1, 2),
+                "unit_price": f"{random.randint(5, 90)}.99",
+            }
+            for sku in lines
+        ],
+    }
+
+
+async def run_demo(
+    options: UpOptions,
+    *,
+    urls: dict[str, str],
+    tokens: dict[str, str],
+    kafka: KafkaSettings,
+    stop: asyncio.Event,
+) -> int:
+    """Place demo orders, ask for some returns, and show progress; 0 when all is done."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        await _demo_setup(http, urls, tokens, options.demo_orders)
+        producer = AIOKafkaProducer(acks="all", **client_options(kafka))
+        watcher = AIOKafkaConsumer(
+            topics.SHIPMENTS_DELIVERED,
+            topics.RETURNS_APPROVED,
+            topics.RETURNS_REJECTED,
+            group_id=f"demo-shop-{uuid4().hex[:6]}",
+            auto_offset_reset="latest",
+            **client_options(kafka),
+        )
+        await producer.start()
+        await watcher.start()
+        placed: dict[str, dict[str, Any]] = {}
+        returns_requested: set[str] = set()
+        decisions: Counter[str] = Counter()
+        try:
+
+            async def place_orders() -> None:
+                for n in range(options.demo_orders):
+                    order = demo_order(n)
+                    placed[order["order_id"]] = order
+                    await producer.send_and_wait(
+                        topics.ORDERS_PLACED,
+                        json.dumps(order).encode(),
+                        key=order["order_id"].encode(),
+                    )
+                    await asyncio.sleep(1.0 / options.demo_rate)
+
+            async def send_return(order_id: str, line: dict[str, Any]) -> None:
+                # A customer sends something back a little while after it arrived.
+                await asyncio.sleep(RETURN_AFTER_SECONDS)
+                await producer.send_and_wait(
+                    topics.RETURNS_REQUESTED,
+                    json.dumps(
+                        {
+                            "event_id": str(uuid4()),
+                            "return_id": f"ret:{uuid4().hex[:10]}",
+                            "order_id": order_id,
+                            "requested_at": datetime.now(UTC).isoformat(),
+                            "lines": [{"sku": line["sku"], "quantity": line["quantity"]}],
+                        }
+                    ).encode(),
+                    key=order_id.encode(),
+                )
+
+            async def request_returns() -> None:
+                # The shop follows deliveries, and every fourth customer sends something back.
+                pending: set[asyncio.Task[None]] = set()
+                async for record in watcher:
+                    event = json.loads(record.value)
+                    if record.topic != topics.SHIPMENTS_DELIVERED:
+                        approved = record.topic == topics.RETURNS_APPROVED
+                        decisions["approved" if approved else f"rejected:{event['reason']}"] += 1
+                        continue
+                    order_id = event["order_id"]
+                    if order_id not in placed or order_id in returns_requested:
+                        continue
+                    if len(returns_requested) >= max(1, options.demo_orders // 4):
+                        continue
+                    returns_requested.add(order_id)
+                    task = asyncio.create_task(send_return(order_id, event["lines"][0]))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+
+            tasks = [asyncio.create_task(place_orders()), asyncio.create_task(request_returns())]
+            started = time.monotonic()
+            try:
+                while not stop.is_set():
+                    summary = await _summary(http, urls, tokens)
+                    _print_progress(
+                        summary,
+                        len(placed),
+                        options.demo_orders,
+                        len(returns_requested),
+                        decisions,
+                        started,
+                    )
+                    if _demo_done(summary, options.demo_orders, len(returns_requested), decisions):
+                        print("\nDemo complete: every order delivered, every return decided.")
+                        return 0
+                    if time.monotonic() - started > options.done_timeout_seconds:
+                        print("\nDemo did not finish in time.", file=sys.stderr)
+                        return 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 2.0)
+                return 0
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            await watcher.stop()
+            await producer.stop()
+
+
+async def _summary(
+    http: httpx.AsyncClient, urls: dict[str, str], tokens: dict[str, str]
+) -> dict[str, int]:
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        r = await http.get(
+            f"{urls['orders']}/sla/summary", headers={"Authorization": f"Bearer {tokens['ops']}"}
+        )
+        counts: dict[str, int] = r.json()["orders_by_status"]
+        return counts
+    return {}
+
+
+_COLUMNS = (
+    "accepted",
+    "backordered",
+    "reserved",
+    "picking",
+    "packed",
+    "label_created",
+    "shipped",
+    "delivered",
+    "return_requested",
+    "rejected",
+)
+
+
+def _print_progress(
+    counts: dict[str, int],
+    placed: int,
+    total: int,
+    returns: int,
+    decisions: Counter[str],
+    started: float,
+) -> None:
+    cells = "  ".join(f"{c}={counts.get(c, 0)}" for c in _COLUMNS if counts.get(c))
+    decided = ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())) or "-"
+    print(
+        f"[{time.monotonic() - started:6.1f}s] placed {placed}/{total} | {cells or 'waiting'}"
+        f" | returns requested {returns}, decided: {decided}",
+        flush=True,
+    )
+
+
+def _demo_done(counts: dict[str, int], total: int, returns: int, decisions: Counter[str]) -> bool:
+    finished = (
+        counts.get("delivered", 0) + counts.get("return_requested", 0) + counts.get("returned", 0)
+    )
+    return finished >= total and returns > 0 and sum(decisions.values()) >= returns
