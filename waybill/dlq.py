@@ -78,8 +78,10 @@ def _event_id_of(letter: DeadLetter) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def list_dead_letters(*, topic: str | None, as_json: bool) -> int:
-    kafka = KafkaSettings()
+async def list_dead_letters(
+    *, topic: str | None, as_json: bool, kafka: KafkaSettings | None = None
+) -> int:
+    kafka = kafka or KafkaSettings()
     letters = await read_dead_letters(kafka, topic=topic)
     if as_json:
         print(
@@ -112,8 +114,10 @@ async def list_dead_letters(*, topic: str | None, as_json: bool) -> int:
     return 0
 
 
-async def replay_dead_letters(*, topic: str, event_id: str | None) -> int:
-    kafka = KafkaSettings()
+async def replay_dead_letters(
+    *, topic: str, event_id: str | None, kafka: KafkaSettings | None = None
+) -> int:
+    kafka = kafka or KafkaSettings()
     letters = [
         letter
         for _, _, _, letter, _ in await read_dead_letters(kafka, topic=topic)

@@ -145,15 +145,25 @@ def recorded(order_id: str, **fields: Any) -> dict[str, Any]:
     return json.loads(Recorded(order_id=order_id, **fields).to_bytes())
 
 
-async def test_the_same_event_twice_has_one_effect(harness: Harness) -> None:
-    event = recorded("dup-1")
+async def test_the_same_event_twice_in_one_batch_has_one_effect(harness: Harness) -> None:
+    event = recorded("dup-batch")
     await harness.send(event)
     await harness.send(event)
-    await harness.send(recorded("after-dup"))
-    await harness.log.wait(Echoed.TOPIC, order_id="after-dup")
+    await harness.send(recorded("after-dup-batch"))
+    await harness.log.wait(Echoed.TOPIC, order_id="after-dup-batch")
     await wait_for(lambda: harness.consumer.duplicates >= 1, what="the duplicate to be absorbed")
-    assert await harness.effects("dup-1") == 1
-    assert len(harness.log.about(Echoed.TOPIC, order_id="dup-1")) == 1
+    assert await harness.effects("dup-batch") == 1
+    assert len(harness.log.about(Echoed.TOPIC, order_id="dup-batch")) == 1
+
+
+async def test_the_same_event_again_later_is_absorbed_by_the_inbox(harness: Harness) -> None:
+    event = recorded("dup-later")
+    await harness.send(event)
+    await harness.log.wait(Echoed.TOPIC, order_id="dup-later")  # handled and committed
+    await harness.send(event)  # so the copy arrives in a later batch
+    await wait_for(lambda: harness.consumer.duplicates >= 1, what="the copy to be absorbed")
+    assert await harness.effects("dup-later") == 1
+    assert len(harness.log.about(Echoed.TOPIC, order_id="dup-later")) == 1
 
 
 async def test_an_outbox_row_published_twice_is_absorbed_downstream(harness: Harness) -> None:
