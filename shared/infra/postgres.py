@@ -25,8 +25,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import asyncpg
 import psutil
@@ -44,6 +42,7 @@ with warnings.catch_warnings():
 
 from shared.infra._process import (
     LOCALHOST,
+    ChildServer,
     free_port,
     listens_on,
     open_log,
@@ -121,7 +120,7 @@ def _server_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A PostgreSQL server on 127.0.0.1 over a data directory, started and stopped by us.
 
     ``start()`` and ``stop()`` block; call them from a thread that may block (for
@@ -167,24 +166,6 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         """The superuser's DSN (no password: the server trusts local connections)."""
         return f"postgresql://{SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while it runs."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> str:
         """Initialise the data directory if new, start the server, wait until it answers.

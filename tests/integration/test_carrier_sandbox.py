@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from shared.events.shipping import TrackingStatus as SharedTrackingStatus
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
 from waybill.carrier_sandbox import SandboxConfig, create_app
 from waybill.carrier_sandbox.code128 import (
@@ -27,7 +26,6 @@ from waybill.carrier_sandbox.code128 import (
     code128b_symbols,
     code128b_widths,
 )
-from waybill.carrier_sandbox.models import TrackingStatus
 from waybill.carrier_sandbox.sandbox import Sandbox
 
 SECRET = "test-webhook-secret"
@@ -435,10 +433,6 @@ def test_code128_modules_match_the_published_patterns() -> None:
         widths = code128b_widths(text)
         assert sum(widths) == 11 * (len(text) + 3) + 2
         assert all(1 <= width <= 4 for width in widths)
-
-
-def test_sandbox_speaks_the_project_tracking_vocabulary() -> None:
-    assert get_args(TrackingStatus) == get_args(SharedTrackingStatus)
 
 
 # --- tracking and webhooks ---------------------------------------------------------------

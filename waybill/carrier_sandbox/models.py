@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import (
@@ -19,20 +19,8 @@ from pydantic import (
     field_validator,
 )
 
+from shared.events.shipping import TrackingStatus
 from waybill.carrier_sandbox.carriers import CARRIERS, services_of, tariff_for
-
-TrackingStatus = Literal[
-    "pre_transit",
-    "picked_up",
-    "in_transit",
-    "out_for_delivery",
-    "delivered",
-    "delivery_failed",
-    "available_for_pickup",
-    "return_to_sender",
-    "cancelled",
-    "unknown",
-]
 
 CountryCode = Annotated[
     str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{2}$")

@@ -19,6 +19,7 @@ from uuid import UUID
 import httpx
 
 from shared.clock import Clock
+from shared.events.shipping import TrackingStatus
 from shared.signing import SIGNATURE_HEADER, sign_webhook
 from waybill.carrier_sandbox.carriers import (
     CARRIERS,
@@ -40,7 +41,6 @@ from waybill.carrier_sandbox.models import (
     Stats,
     Tracker,
     TrackingEvent,
-    TrackingStatus,
     Unavailable,
     WebhookAttempt,
     WebhookPayload,
