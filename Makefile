@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo up test unit lint asyncapi clean
+.PHONY: install browser demo up test unit lint asyncapi clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
@@ -26,8 +26,19 @@ demo: install
 up: install
 	$(BIN)/waybill up
 
+## Debian's Chromium for the browser tests (Playwright drives it; no browser download)
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "note: $(CHROMIUM) is missing and only root can install it: browser tests will skip"; \
+	fi
+
 ## the full test suite against the real (embedded) broker and PostgreSQL
-test: install
+test: install browser
 	$(BIN)/pytest
 
 unit: install

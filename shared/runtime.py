@@ -35,6 +35,9 @@ log = logging.getLogger("waybill.runtime")
 
 Worker = Callable[["ServiceRuntime"], Awaitable[None]]
 
+#: the longest any one shutdown step may take
+STOP_STEP_SECONDS = 20.0
+
 
 @dataclass
 class ServiceDefinition:
@@ -171,21 +174,42 @@ class ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        # Each step is bounded: a stop that hangs would outlive any orchestrator's grace period.
         if self._broker is not None:
-            await self._broker.stop()
+            await self._bounded(self._broker.stop(), "broker")
             self._broker = None
         if self._relay is not None:
-            await self._relay.stop()
+            await self._bounded(self._relay.stop(), "outbox relay")
             self._relay = None
         if self._producer is not None:
-            await self._producer.stop()
+            await self._bounded(self._producer.stop(), "producer")
             self._producer = None
         if self._pool is not None:
-            await self._pool.close()
+            if not await self._bounded(self._pool.close(), "database pool"):
+                self._pool.terminate()
             self._pool = None
         for cleanup in reversed(self.cleanups):
             await cleanup()
         self.cleanups.clear()
+
+    async def _bounded(self, step: Awaitable[Any], what: str) -> bool:
+        try:
+            await asyncio.wait_for(step, STOP_STEP_SECONDS)
+            return True
+        except TimeoutError:
+            log.warning("%s of %s did not stop within %s s", what, self.name, STOP_STEP_SECONDS)
+            return False
+
+    def assigned_partitions(self) -> set[tuple[str, int]]:
+        """The topic partitions this instance's consumer holds now (its share of the group)."""
+        assigned: set[tuple[str, int]] = set()
+        if self._broker is None:
+            return assigned
+        for subscriber in self._broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is not None:
+                assigned |= {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        return assigned
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""

@@ -34,7 +34,12 @@ def _service_topics() -> dict[str, tuple[list[str], list[str]]]:
     found: dict[str, tuple[list[str], list[str]]] = {}
     for name in SERVICES:
         main = importlib.import_module(f"services.{name}.main")
-        runtime = main.build_runtime(main.SETTINGS(database_url="postgresql://unused/unused"))
+        # only the routing is read: the settings just have to be valid, nothing connects
+        settings = main.SETTINGS(
+            database_url="postgresql://unused/unused",
+            carrier_webhook_secret="x" * 32,
+        )
+        runtime = main.build_runtime(settings)
         found[name] = (runtime.consumer.topics, runtime.definition.produces)
     return found
 

@@ -90,10 +90,14 @@ class _Served:
                 raise TimeoutError(f"{self.name} did not start within {within_seconds} s")
             await asyncio.sleep(0.02)
 
-    async def stop(self) -> None:
+    async def stop(self, *, within_seconds: float = 60.0) -> None:
         self.server.should_exit = True
         if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            done, _ = await asyncio.wait({self.task}, timeout=within_seconds)
+            if not done:
+                log.warning("%s did not stop within %s s; cancelling it", self.name, within_seconds)
+                self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
         self.sock.close()
 

@@ -57,7 +57,9 @@ async def post_stock_receipt(body: StockReceiptBody, request: Request) -> dict[s
     try:
         async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
             if await uow.claim(runtime.consumer.inbox_name(event.TOPIC), [event.event_id]):
-                await handlers.receive_stock(event, uow, autopick=runtime.extras["autopick"])
+                await handlers.receive_stock(
+                    event, uow, autopick=runtime.extras["autopick"], now=runtime.clock.now()
+                )
     except PermanentFailure as exc:
         raise HTTPException(422, str(exc)) from exc
     return {"event_id": str(event.event_id), "status": "received"}

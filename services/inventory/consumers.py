@@ -5,20 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from services.inventory import handlers
+from shared.clock import Clock
 from shared.db import UnitOfWork
-from shared.events import OrderAccepted, StockReceived
+from shared.events import OrderAccepted, OrderCancelled, StockReceived
 from shared.messaging import EventConsumer
 
 
-def build_consumer(*, schema: str, autopick: bool, **options: Any) -> EventConsumer:
+def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-inventory", schema=schema, **options)
 
     @consumer.handles(OrderAccepted)
     async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
-        await handlers.take_order(event, uow, autopick=autopick)
+        await handlers.take_order(event, uow, autopick=autopick, now=clock.now())
+
+    @consumer.handles(OrderCancelled)
+    async def on_order_cancelled(event: OrderCancelled, uow: UnitOfWork) -> None:
+        await handlers.release_order(event, uow, autopick=autopick, now=clock.now())
 
     @consumer.handles(StockReceived)
     async def on_stock_received(event: StockReceived, uow: UnitOfWork) -> None:
-        await handlers.receive_stock(event, uow, autopick=autopick)
+        await handlers.receive_stock(event, uow, autopick=autopick, now=clock.now())
 
     return consumer

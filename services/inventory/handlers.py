@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from uuid import uuid4
+from datetime import datetime
 
-from services.inventory.domain.allocation import Pick, natural_key, plan_allocation, rank_warehouses
+from services.inventory import picking
+from services.inventory.domain.allocation import Pick, plan_allocation, rank_warehouses
 from services.inventory.storage import repository as repo
 from shared.db import UnitOfWork
 from shared.events import (
     Allocation,
     MissingStock,
     OrderAccepted,
-    OrderPacked,
-    Origin,
-    Parcel,
-    PicklistCreated,
-    PicklistLine,
-    ShipmentLine,
+    OrderCancelled,
     StockBackordered,
     StockReceived,
+    StockReleased,
     StockReserved,
 )
 from shared.messaging import PermanentFailure
 
 #: how many backordered orders one receipt tries to serve, oldest first
 BACKORDER_SWEEP_LIMIT = 500
-#: the autopick packer's assumption about goods it has never weighed
-GRAMS_PER_UNIT = 500
 
 
-async def take_order(event: OrderAccepted, uow: UnitOfWork, *, autopick: bool) -> None:
+async def take_order(
+    event: OrderAccepted, uow: UnitOfWork, *, autopick: bool, now: datetime
+) -> None:
     """An accepted order: reserve its stock, or backorder what is missing."""
     wanted: dict[str, int] = defaultdict(int)
     for line in event.lines:
@@ -42,12 +39,13 @@ async def take_order(event: OrderAccepted, uow: UnitOfWork, *, autopick: bool) -
         country=event.ship_to.country,
         postal_code=event.ship_to.postal_code,
         accepted_at=event.occurred_at,
+        placed_at=event.placed_at,
     )
     if inserted:
-        await reserve_order(uow, event.order_id, autopick=autopick)
+        await reserve_order(uow, event.order_id, autopick=autopick, now=now)
 
 
-async def reserve_order(uow: UnitOfWork, order_id: str, *, autopick: bool) -> bool:
+async def reserve_order(uow: UnitOfWork, order_id: str, *, autopick: bool, now: datetime) -> bool:
     """Try to reserve a new or backordered order in full; True when it is reserved now."""
     order = await repo.fetch_order(uow.conn, order_id)
     if order is None or order["status"] not in ("new", "backordered"):
@@ -73,8 +71,7 @@ async def reserve_order(uow: UnitOfWork, order_id: str, *, autopick: bool) -> bo
     await repo.reserve(uow.conn, order_id, plan.picks)
     await repo.set_order_status(uow.conn, order_id, "reserved")
     uow.emit(StockReserved(order_id=order_id, allocations=_allocations(plan.picks)))
-    if autopick:
-        await pick_and_pack_automatically(uow, order_id, plan.picks)
+    await picking.on_reserved(uow, order_id, plan.picks, autopick=autopick, now=now)
     return True
 
 
@@ -85,7 +82,37 @@ def _allocations(picks: tuple[Pick, ...] | list[Pick]) -> list[Allocation]:
     return [Allocation(warehouse_id=w, sku=s, quantity=q) for (w, s), q in sorted(totals.items())]
 
 
-async def receive_stock(event: StockReceived, uow: UnitOfWork, *, autopick: bool) -> None:
+async def release_order(
+    event: OrderCancelled, uow: UnitOfWork, *, autopick: bool, now: datetime
+) -> None:
+    """A cancelled order gives back its stock; what it frees serves backorders, oldest first."""
+    order = await repo.fetch_order(uow.conn, event.order_id)
+    if order is None:
+        await repo.remember_cancelled(uow.conn, event.order_id)
+        return
+    if order["status"] == "cancelled":
+        return
+    # orders decided: nothing is with a carrier yet, so even packed goods come back
+    await picking.release_unpicked(uow, event.order_id, also_when_packed=True)
+    released = await repo.release_reservations(uow.conn, event.order_id)
+    await repo.set_order_status(uow.conn, event.order_id, "cancelled")
+    uow.emit(
+        StockReleased(order_id=event.order_id, allocations=_allocations([p for p, _ in released]))
+    )
+    for sku in sorted({p.sku for p, _ in released}):
+        await serve_backorders(uow, sku, autopick=autopick, now=now)
+
+
+async def serve_backorders(uow: UnitOfWork, sku: str, *, autopick: bool, now: datetime) -> None:
+    """Reserve the backordered orders that wait on ``sku``, oldest first."""
+    waiting = await repo.backordered_waiting_for(uow.conn, sku, limit=BACKORDER_SWEEP_LIMIT)
+    for order_id in waiting:
+        await reserve_order(uow, order_id, autopick=autopick, now=now)
+
+
+async def receive_stock(
+    event: StockReceived, uow: UnitOfWork, *, autopick: bool, now: datetime
+) -> None:
     """Goods arrived: count them in, then serve the backorders waiting on them, oldest first."""
     if not await repo.warehouse_exists(uow.conn, event.warehouse_id):
         raise PermanentFailure(f"unknown warehouse {event.warehouse_id!r}: register it first")
@@ -96,59 +123,4 @@ async def receive_stock(event: StockReceived, uow: UnitOfWork, *, autopick: bool
         bin=event.bin or repo.DEFAULT_BIN,
         quantity=event.quantity,
     )
-    for order_id in await repo.backordered_waiting_for(
-        uow.conn, event.sku, limit=BACKORDER_SWEEP_LIMIT
-    ):
-        await reserve_order(uow, order_id, autopick=autopick)
-
-
-async def pick_and_pack_automatically(
-    uow: UnitOfWork, order_id: str, picks: tuple[Pick, ...] | list[Pick]
-) -> None:
-    """WAYBILL_AUTOPICK: the warehouse confirms every pick and packs at once (demo, bench)."""
-    by_warehouse: dict[str, list[Pick]] = defaultdict(list)
-    for p in picks:
-        by_warehouse[p.warehouse_id].append(p)
-    for warehouse_id, warehouse_picks in sorted(by_warehouse.items()):
-        walking = sorted(warehouse_picks, key=lambda p: (natural_key(p.bin), p.sku))
-        picklist_id = uuid4()
-        await repo.create_picklist(
-            uow.conn,
-            picklist_id=picklist_id,
-            warehouse_id=warehouse_id,
-            lines=[(order_id, p) for p in walking],
-        )
-        uow.emit(
-            PicklistCreated(
-                picklist_id=picklist_id,
-                warehouse_id=warehouse_id,
-                lines=[
-                    PicklistLine(order_id=order_id, sku=p.sku, quantity=p.quantity, bin=p.bin)
-                    for p in walking
-                ],
-            )
-        )
-        await repo.confirm_all_picked(uow.conn, picklist_id)
-        await repo.ship_out(uow.conn, order_id, warehouse_id)
-        country, postal_code = await repo.warehouse_origin(uow.conn, warehouse_id)
-        units = sum(p.quantity for p in warehouse_picks)
-        uow.emit(
-            OrderPacked(
-                order_id=order_id,
-                warehouse_id=warehouse_id,
-                parcels=[
-                    Parcel(
-                        weight_grams=min(units * GRAMS_PER_UNIT, 30_000),
-                        length_mm=400,
-                        width_mm=300,
-                        height_mm=200,
-                    )
-                ],
-                lines=[
-                    ShipmentLine(sku=a.sku, quantity=a.quantity)
-                    for a in _allocations(warehouse_picks)
-                ],
-                ship_from=Origin(country=country, postal_code=postal_code),
-            )
-        )
-    await repo.set_order_status(uow.conn, order_id, "packed")
+    await serve_backorders(uow, event.sku, autopick=autopick, now=now)

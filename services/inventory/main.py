@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from services.inventory.api import router
 from services.inventory.config import InventorySettings
 from services.inventory.consumers import build_consumer
+from services.inventory.picking import WaveBuilderStats, build_waves
+from services.inventory.warehouse_api import router as warehouse_router
 from shared import topics
-from shared.clock import Clock
+from shared.clock import Clock, SystemClock
 from shared.db import MigrationSource
 from shared.http import create_service_app
 from shared.runtime import ServiceDefinition, ServiceRuntime
@@ -27,9 +29,11 @@ def build_runtime(
     clock: Clock | None = None,
 ) -> ServiceRuntime:
     settings = settings or InventorySettings()
+    clock = clock or SystemClock()
     consumer = build_consumer(
         schema=NAME,
         autopick=settings.autopick,
+        clock=clock,
         max_attempts=settings.consumer_max_attempts,
         retry_base_seconds=settings.consumer_retry_base_seconds,
     )
@@ -47,13 +51,15 @@ def build_runtime(
             topics.PICKLISTS_CREATED,
             topics.ORDERS_PACKED,
         ],
+        workers=[build_waves],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     runtime.extras["autopick"] = settings.autopick
+    runtime.extras["waves"] = WaveBuilderStats()
     return runtime
 
 
 def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
-    return create_service_app(runtime or build_runtime(), routers=[router])
+    return create_service_app(runtime or build_runtime(), routers=[router, warehouse_router])

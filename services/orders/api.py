@@ -2,31 +2,71 @@
 
 from __future__ import annotations
 
+import json
+from datetime import time
 from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from services.orders import handlers
+from services.orders.consumers import MAX_ORDER_BYTES
 from services.orders.domain.promises import PromisePolicy
 from services.orders.storage import repository as repo
 from shared.db import unit_of_work
 from shared.events import OrderPlaced
 from shared.http import require_role, runtime_of
+from shared.messaging import InvalidEvent, field_errors_of
 
 router = APIRouter(tags=["orders"])
 
-#: the inbox name HTTP intake shares with the Kafka intake, so one event_id counts once
-HTTP_INTAKE_INBOX = "waybill-orders/orders.placed"
 
+@router.post(
+    "/orders",
+    status_code=202,
+    dependencies=[Depends(require_role("shop"))],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": OrderPlaced.model_json_schema()}},
+        }
+    },
+)
+async def submit_order(request: Request) -> JSONResponse:
+    """HTTP intake: the same body, handler and outcome as ``orders.placed``.
 
-@router.post("/orders", status_code=202, dependencies=[Depends(require_role("shop"))])
-async def submit_order(order: OrderPlaced, request: Request) -> JSONResponse:
-    """HTTP intake: the same body, the same handler and the same outcome as ``orders.placed``."""
+    A valid order: 202 and ``orders.accepted`` (or ``orders.rejected``, conflict). An
+    invalid one: 422 with every field error, and ``orders.rejected`` when it names an order.
+    """
     runtime = runtime_of(request)
+    body = await request.body()
+    if len(body) > MAX_ORDER_BYTES:
+        return JSONResponse(
+            {"detail": f"{len(body)} bytes is more than the {MAX_ORDER_BYTES} allowed"},
+            status_code=413,
+        )
+    try:
+        payload: Any = json.loads(body)
+    except ValueError as exc:
+        return _unprocessable([("(body)", f"not JSON: {exc}")])
+    if not isinstance(payload, dict):
+        return _unprocessable([("(body)", "must be a JSON object")])
     policy: PromisePolicy = runtime.extras["promise_policy"]
+    inbox = runtime.consumer.inbox_name(OrderPlaced.TOPIC)
+    try:
+        order = OrderPlaced.model_validate(payload)
+    except ValidationError as exc:
+        invalid = InvalidEvent(OrderPlaced.TOPIC, payload, field_errors_of(exc))
+        event_id = _uuid_or_none(payload.get("event_id"))
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            if event_id is None or await uow.claim(inbox, [event_id]):
+                await handlers.reject_invalid_order(invalid, uow)
+        return _unprocessable(invalid.field_errors())
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
-        if not await uow.claim(HTTP_INTAKE_INBOX, [order.event_id]):
+        if not await uow.claim(inbox, [order.event_id]):
             outcome = "duplicate"
         else:
             outcome = await handlers.place_order(order, uow, policy=policy)
@@ -34,6 +74,23 @@ async def submit_order(order: OrderPlaced, request: Request) -> JSONResponse:
     return JSONResponse(
         {"order_id": order.order_id, "outcome": outcome, "status": status}, status_code=202
     )
+
+
+def _unprocessable(errors: list[tuple[str, str]]) -> JSONResponse:
+    return JSONResponse(
+        {
+            "detail": [{"loc": field.split("."), "msg": message} for field, message in errors],
+            "reasons": [{"field": field, "message": message} for field, message in errors],
+        },
+        status_code=422,
+    )
+
+
+def _uuid_or_none(value: Any) -> UUID | None:
+    try:
+        return UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 @router.get("/orders/{order_id}", dependencies=[Depends(require_role("shop", "ops"))])
@@ -71,3 +128,44 @@ async def sla_summary(request: Request) -> dict[str, Any]:
     async with runtime.pool.acquire() as conn:
         counts = await repo.count_by_status(conn)
     return {"orders_by_status": counts, "orders_total": sum(counts.values())}
+
+
+class PromiseSettings(BaseModel):
+    """A shop's promise: cut-offs in the warehouse's time zone, business days to deliver."""
+
+    time_zone: str = "Europe/Berlin"
+    standard_cutoff: time = time(14, 0)
+    express_cutoff: time = time(16, 0)
+    collection_time: time = time(18, 0)
+    standard_business_days: int = Field(default=5, ge=1, le=30)
+    express_business_days: int = Field(default=2, ge=1, le=30)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+@router.put("/shops/{shop_id}/promise", dependencies=[Depends(require_role("admin"))])
+async def put_shop_promise(shop_id: str, body: PromiseSettings, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        await repo.save_shop_promise_policy(conn, shop_id, PromisePolicy(**body.model_dump()))
+    return {"shop_id": shop_id, **body.model_dump(mode="json")}
+
+
+@router.get("/shops/{shop_id}/promise", dependencies=[Depends(require_role("admin", "ops"))])
+async def get_shop_promise(shop_id: str, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        policy = await repo.shop_promise_policy(conn, shop_id)
+    chosen = policy or runtime.extras["promise_policy"]
+    return {
+        "shop_id": shop_id,
+        "custom": policy is not None,
+        **PromiseSettings(**vars(chosen)).model_dump(mode="json"),
+    }

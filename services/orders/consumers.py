@@ -15,6 +15,7 @@ from services.orders.domain.promises import PromisePolicy
 from shared.db import UnitOfWork
 from shared.events import (
     Event,
+    OrderCancellationRequested,
     OrderPacked,
     OrderPlaced,
     PicklistCreated,
@@ -36,6 +37,9 @@ from shared.events import (
 from shared.messaging import EventConsumer, InvalidEvent
 
 E = TypeVar("E", bound=Event)
+
+#: the largest order record accepted (100 lines of long SKUs fit in a fraction of it)
+MAX_ORDER_BYTES = 256 * 1024
 
 
 async def _ignore(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
@@ -72,9 +76,19 @@ def _progress(
 def build_consumer(*, schema: str, policy: PromisePolicy, **options: Any) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-orders", schema=schema, **options)
 
-    @consumer.handles(OrderPlaced, on_invalid=handlers.reject_invalid_order)
+    @consumer.handles(
+        OrderPlaced, on_invalid=handlers.reject_invalid_order, max_bytes=MAX_ORDER_BYTES
+    )
     async def on_order_placed(event: OrderPlaced, uow: UnitOfWork) -> None:
         await handlers.place_order(event, uow, policy=policy)
+
+    @consumer.handles(
+        OrderCancellationRequested,
+        on_invalid=handlers.reject_invalid_cancellation,
+        max_bytes=MAX_ORDER_BYTES,
+    )
+    async def on_cancellation_requested(event: OrderCancellationRequested, uow: UnitOfWork) -> None:
+        await handlers.cancel_order(event, uow)
 
     @consumer.handles(PicklistCreated)
     async def on_picklist_created(event: PicklistCreated, uow: UnitOfWork) -> None:

@@ -9,10 +9,18 @@ from typing import Any, Literal
 from uuid import UUID
 
 from services.orders.domain.promises import PromisePolicy, promise_for
-from services.orders.domain.status import advance
+from services.orders.domain.status import advance, cancellation_refusal
 from services.orders.storage import repository as repo
 from shared.db import UnitOfWork
-from shared.events import FieldReason, OrderAccepted, OrderPlaced, OrderRejected
+from shared.events import (
+    FieldReason,
+    OrderAccepted,
+    OrderCancellationRejected,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderPlaced,
+    OrderRejected,
+)
 from shared.events.base import ORDER_ID_PATTERN
 from shared.messaging import InvalidEvent
 
@@ -30,8 +38,13 @@ def content_hash(order: OrderPlaced) -> str:
 async def place_order(
     order: OrderPlaced, uow: UnitOfWork, *, policy: PromisePolicy
 ) -> IntakeOutcome:
-    """Accept a new order and promise its dates; a resubmission is a no-op or a conflict."""
+    """Accept a new order and promise its dates; a resubmission is a no-op or a conflict.
+
+    ``policy`` is the house promise; a shop's own settings (``PUT /shops/{id}/promise``)
+    take its place.
+    """
     digest = content_hash(order)
+    policy = await repo.shop_promise_policy(uow.conn, order.shop_id) or policy
     promise = promise_for(order.placed_at, order.service_level, policy)
     if not await repo.insert_order(uow.conn, order, content_hash=digest, promise=promise):
         if await repo.content_hash_of(uow.conn, order.order_id) == digest:
@@ -143,3 +156,43 @@ async def record_progress(
         new_status = advance(current, status)
         if new_status != current:
             await repo.set_status(uow.conn, order_id, new_status)
+
+
+async def cancel_order(request: OrderCancellationRequested, uow: UnitOfWork) -> None:
+    """Cancel while nothing is in a carrier's hands; inventory and shipping follow the event."""
+    status = await repo.lock_status(uow.conn, request.order_id)
+    refusal = cancellation_refusal(status)
+    if refusal is not None:
+        refused = OrderCancellationRejected(order_id=request.order_id, reason=refusal)
+        uow.emit(refused)
+        if status is not None:
+            await repo.append_timeline(
+                uow.conn,
+                order_id=request.order_id,
+                status="cancellation_rejected",
+                at=refused.occurred_at,
+                topic=refused.TOPIC,
+                event_id=refused.event_id,
+                detail={"reason": refusal},
+            )
+        return
+    cancelled = OrderCancelled(order_id=request.order_id, reason=request.reason)
+    uow.emit(cancelled)
+    await record_progress(
+        uow,
+        order_id=request.order_id,
+        status="cancelled",
+        at=cancelled.occurred_at,
+        topic=cancelled.TOPIC,
+        event_id=cancelled.event_id,
+        detail={"reason": request.reason} if request.reason else None,
+    )
+
+
+async def reject_invalid_cancellation(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
+    """A cancellation request that is not valid is answered when it names an order."""
+    order_id = usable_order_id(invalid.payload)
+    if order_id is None:
+        return False
+    uow.emit(OrderCancellationRejected(order_id=order_id, reason="invalid"))
+    return True

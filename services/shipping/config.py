@@ -1,9 +1,22 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from shared.carriers.wiring import CarrierClientSettings
+
+MIN_WEBHOOK_SECRET_LENGTH = 16
 
 
 class ShippingSettings(CarrierClientSettings):
     http_port: int = Field(default=8083, validation_alias=AliasChoices("WAYBILL_SHIPPING_PORT"))
+
+    @field_validator("carrier_webhook_secret")
+    @classmethod
+    def _webhooks_need_a_secret(cls, value: SecretStr) -> SecretStr:
+        # Without a secret anyone could forge tracking updates: refuse to start.
+        if len(value.get_secret_value()) < MIN_WEBHOOK_SECRET_LENGTH:
+            raise ValueError(
+                f"WAYBILL_CARRIER_WEBHOOK_SECRET must be set, at least "
+                f"{MIN_WEBHOOK_SECRET_LENGTH} characters (carrier webhooks are verified with it)"
+            )
+        return value

@@ -6,7 +6,7 @@ from typing import Any
 
 from services.shipping import handlers
 from shared.db import UnitOfWork
-from shared.events import OrderAccepted, OrderPacked
+from shared.events import OrderAccepted, OrderCancelled, OrderPacked
 from shared.messaging import EventConsumer
 
 
@@ -16,6 +16,10 @@ def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
     @consumer.handles(OrderAccepted)
     async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
         await handlers.remember_order(event, uow)
+
+    @consumer.handles(OrderCancelled)
+    async def on_order_cancelled(event: OrderCancelled, uow: UnitOfWork) -> None:
+        await handlers.cancel_order(event, uow)
 
     @consumer.handles(OrderPacked)
     async def on_order_packed(event: OrderPacked, uow: UnitOfWork) -> None:

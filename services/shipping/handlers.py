@@ -17,6 +17,7 @@ from shared.db import UnitOfWork
 from shared.db.notify import notify
 from shared.events import (
     OrderAccepted,
+    OrderCancelled,
     OrderPacked,
     Origin,
     ShipmentDelivered,
@@ -51,22 +52,31 @@ async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
         await notify(uow.conn, repo.LABELS_CHANNEL)
 
 
+async def cancel_order(event: OrderCancelled, uow: UnitOfWork) -> None:
+    """No label is bought for a cancelled order, and an unused one is marked cancelled."""
+    await repo.cancel_shipments(uow.conn, event.order_id)
+
+
 async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
     """Record the label purchase, with its idempotency key, before the first attempt."""
     shipment_id = shipment_id_for(event.order_id, event.warehouse_id)
     known = await repo.order_known(uow.conn, event.order_id)
+    if await repo.order_cancelled(uow.conn, event.order_id):
+        state = "cancelled"
+    else:
+        state = "label_pending" if known else "awaiting_order"
     await repo.insert_shipment(
         uow.conn,
         shipment_id=shipment_id,
         order_id=event.order_id,
         warehouse_id=event.warehouse_id,
-        state="label_pending" if known else "awaiting_order",
+        state=state,
         idempotency_key=f"waybill-{shipment_id}",
         ship_from=event.ship_from.model_dump() if event.ship_from else None,
         parcels=[p.model_dump() for p in event.parcels],
         lines=[line.model_dump() for line in event.lines],
     )
-    if known:
+    if state == "label_pending":
         await notify(uow.conn, repo.LABELS_CHANNEL)
 
 

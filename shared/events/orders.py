@@ -128,7 +128,7 @@ class OrderCancellationRejected(Event):
     TOPIC = topics.ORDERS_CANCELLATION_REJECTED
 
     order_id: OrderId
-    reason: Literal["already_shipped", "unknown_order", "already_cancelled"]
+    reason: Literal["already_shipped", "unknown_order", "already_cancelled", "invalid"]
 
 
 SlaStage = Literal["accept", "dispatch", "delivery", "return_decision"]

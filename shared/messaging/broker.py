@@ -54,7 +54,8 @@ def subscribe(
     on_batch.__name__ = f"{consumer.group_id.replace('-', '_')}_batch"
     broker.subscriber(
         *consumer.subscribed_topics(),
-        group_id=consumer.group_id,
+        # environments that share a cluster share neither topics nor consumer groups
+        group_id=consumer.topic_prefix + consumer.group_id,
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,

@@ -55,20 +55,27 @@ class Record(Protocol):
     headers: Sequence[tuple[str, bytes]]
 
 
+def field_errors_of(error: ValidationError) -> list[tuple[str, str]]:
+    """Each validation error as ``(dotted.field.path, message)``."""
+    return [
+        (".".join(str(p) for p in err["loc"]) or "(record)", err["msg"])
+        for err in error.errors(include_url=False)
+    ]
+
+
 @dataclass(frozen=True)
 class InvalidEvent:
-    """A JSON object that failed validation against its topic's event model."""
+    """A JSON object that is not a valid event of its topic, and every reason why."""
 
     topic: str
     payload: dict[str, Any]
-    error: ValidationError
+    errors: list[tuple[str, str]]
 
     def field_errors(self) -> list[tuple[str, str]]:
-        """Each error as ``(dotted.field.path, message)``."""
-        return [
-            (".".join(str(p) for p in err["loc"]) or "(body)", err["msg"])
-            for err in self.error.errors(include_url=False)
-        ]
+        return list(self.errors)
+
+    def describe(self) -> str:
+        return "; ".join(f"{field}: {message}" for field, message in self.errors)
 
 
 Handler = Callable[[E, UnitOfWork], Awaitable[None]]
@@ -81,6 +88,8 @@ class Route(Generic[E]):
     model: type[E]
     handler: Handler[E]
     on_invalid: InvalidHandler | None = None
+    #: larger records are invalid ("(record)": too large) before they are parsed further
+    max_bytes: int | None = None
 
 
 @dataclass
@@ -138,12 +147,16 @@ class EventConsumer:
     # -- registration -------------------------------------------------------------
 
     def handles(
-        self, model: type[E], *, on_invalid: InvalidHandler | None = None
+        self,
+        model: type[E],
+        *,
+        on_invalid: InvalidHandler | None = None,
+        max_bytes: int | None = None,
     ) -> Callable[[Handler[E]], Handler[E]]:
         """Register ``handler`` for ``model.TOPIC``."""
 
         def register(handler: Handler[E]) -> Handler[E]:
-            self.add_route(Route(model.TOPIC, model, handler, on_invalid))
+            self.add_route(Route(model.TOPIC, model, handler, on_invalid, max_bytes))
             return handler
 
         return register
@@ -188,15 +201,22 @@ class EventConsumer:
             return Delivery(record, topic, fallback_id, undecodable=f"not JSON: {exc}")
         if not isinstance(payload, dict):
             return Delivery(record, topic, fallback_id, undecodable="not a JSON object")
+        dedupe_id = fallback_id
+        raw_id = payload.get("event_id")
+        if isinstance(raw_id, str):
+            with contextlib.suppress(ValueError):
+                dedupe_id = UUID(raw_id)
+        size = len(record.value or b"")
+        if route.max_bytes is not None and size > route.max_bytes:
+            too_large = [("(record)", f"{size} bytes is more than the {route.max_bytes} allowed")]
+            return Delivery(
+                record, topic, dedupe_id, invalid=InvalidEvent(topic, payload, too_large)
+            )
         try:
             event = route.model.model_validate(payload)
         except ValidationError as exc:
-            dedupe_id = fallback_id
-            raw_id = payload.get("event_id")
-            if isinstance(raw_id, str):
-                with contextlib.suppress(ValueError):
-                    dedupe_id = UUID(raw_id)
-            return Delivery(record, topic, dedupe_id, invalid=InvalidEvent(topic, payload, exc))
+            invalid = InvalidEvent(topic, payload, field_errors_of(exc))
+            return Delivery(record, topic, dedupe_id, invalid=invalid)
         return Delivery(record, topic, event.event_id, event=event)
 
     async def process(self, records: Sequence[Record]) -> None:
@@ -257,7 +277,7 @@ class EventConsumer:
                 handled = route.on_invalid is not None and await route.on_invalid(d.invalid, uow)
                 if not handled:
                     await self._dead_letter(
-                        uow, d, _describe(d.invalid.error), "ValidationError", attempts=1
+                        uow, d, d.invalid.describe(), "ValidationError", attempts=1
                     )
             self.handled += 1
         finally:

@@ -54,3 +54,27 @@ def test_bins_are_taken_in_walking_order() -> None:
 
 def test_natural_sort_compares_numbers_as_numbers() -> None:
     assert sorted(["A-10", "A-2", "B-1", "a-3"], key=natural_key) == ["A-2", "a-3", "A-10", "B-1"]
+
+
+def test_split_finds_two_warehouses_where_a_greedy_choice_would_need_three() -> None:
+    near = Warehouse("NEAR", "DE", "80331")  # has a bit of everything: greedy's first pick
+    stock = [
+        BinStock("NEAR", "A", "1", 1),
+        BinStock("NEAR", "B", "1", 1),
+        BinStock("BER", "A", "1", 2),
+        BinStock("AMS", "B", "1", 2),
+    ]
+    ranked = rank_warehouses([near, BER, AMS], country="DE", postal_code="80469")
+    plan = plan_allocation({"A": 2, "B": 2}, stock, ranked)
+    assert plan.complete
+    assert plan.warehouses() == ["AMS", "BER"]
+
+
+def test_a_split_uses_no_warehouse_that_adds_nothing() -> None:
+    stock = [
+        BinStock("BER", "A", "1", 1),
+        BinStock("MUC", "A", "1", 1),
+        BinStock("AMS", "C", "1", 5),
+    ]
+    plan = plan_allocation({"A": 2}, stock, [AMS, BER, MUC])
+    assert plan.warehouses() == ["BER", "MUC"]

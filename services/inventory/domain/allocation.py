@@ -13,6 +13,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import combinations
+
+#: above this many warehouses, splits of three or more are found greedily
+EXACT_SPLIT_LIMIT = 12
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,42 @@ def plan_allocation(
         picks, short = _take(wanted, by_warehouse.get(warehouse.warehouse_id, []))
         if not short:
             return AllocationPlan(tuple(picks), {})
-    # Split: greedily take the warehouse that covers the most of what is still missing.
+    # Split: the fewest warehouses that together have it all, nearest combination first.
+    # An exact search over combinations is cheap for real warehouse networks; past
+    # EXACT_SPLIT_LIMIT warehouses a greedy cover keeps the cost bounded.
+    for size in range(2, len(ranked) + 1):
+        if len(ranked) > EXACT_SPLIT_LIMIT and size > 2:
+            break
+        for combination in combinations(ranked, size):
+            split = _take_from(wanted, combination, by_warehouse)
+            if split is not None:
+                return AllocationPlan(tuple(split), {})
+    return _greedy_split(wanted, ranked, by_warehouse)
+
+
+def _take_from(
+    wanted: Mapping[str, int],
+    warehouses: Iterable[Warehouse],
+    by_warehouse: Mapping[str, list[BinStock]],
+) -> list[Pick] | None:
+    """All of ``wanted`` from these warehouses, nearest first, each one needed; else None."""
+    remaining = dict(wanted)
+    picks: list[Pick] = []
+    for warehouse in warehouses:
+        taken, remaining = _take(remaining, by_warehouse.get(warehouse.warehouse_id, []))
+        if not taken:
+            return None  # a warehouse that adds nothing: a smaller combination does it
+        picks.extend(taken)
+        if not remaining:
+            return picks
+    return None
+
+
+def _greedy_split(
+    wanted: Mapping[str, int],
+    ranked: list[Warehouse],
+    by_warehouse: Mapping[str, list[BinStock]],
+) -> AllocationPlan:
     remaining = dict(wanted)
     picks_all: list[Pick] = []
     candidates = list(ranked)

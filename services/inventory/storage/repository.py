@@ -123,12 +123,14 @@ async def insert_order(
     country: str,
     postal_code: str,
     accepted_at: datetime,
+    placed_at: datetime,
 ) -> bool:
     inserted = await conn.fetchval(
         """
         INSERT INTO inventory_orders (order_id, status, lines, ship_country, ship_postal_code,
-                                      accepted_at)
-        VALUES ($1, 'new', $2, $3, $4, $5)
+                                      accepted_at, placed_at)
+        SELECT $1, 'new', $2, $3, $4, $5, $6
+        WHERE NOT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)
         ON CONFLICT (order_id) DO NOTHING
         RETURNING true
         """,
@@ -137,6 +139,7 @@ async def insert_order(
         country,
         postal_code,
         accepted_at,
+        placed_at,
     )
     return inserted is True
 
@@ -168,7 +171,7 @@ async def backordered_waiting_for(conn: Connection, sku: str, *, limit: int) -> 
         """
         SELECT order_id FROM inventory_orders
         WHERE status = 'backordered' AND missing ? $1
-        ORDER BY accepted_at, order_id
+        ORDER BY placed_at, order_id
         LIMIT $2
         """,
         sku,
@@ -248,3 +251,50 @@ async def stock_of_sku(conn: Connection, sku: str) -> list[dict[str, Any]]:
         sku,
     )
     return [dict(r) for r in rows]
+
+
+async def remember_cancelled(conn: Connection, order_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO cancelled_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id
+    )
+
+
+async def release_reservations(conn: Connection, order_id: str) -> list[tuple[Pick, str]]:
+    """Give back what an order holds: reserved stock is freed, packed goods go back on
+    the shelf. Returns each reservation with the status it had."""
+    rows = await conn.fetch(
+        """
+        SELECT id, warehouse_id, sku, bin, quantity, status FROM reservations
+        WHERE order_id = $1 AND status IN ('reserved', 'packed')
+        ORDER BY warehouse_id, sku, bin
+        FOR UPDATE
+        """,
+        order_id,
+    )
+    if not rows:
+        return []
+    await conn.execute(
+        "UPDATE reservations SET status = 'released' WHERE id = ANY($1::bigint[])",
+        [r["id"] for r in rows],
+    )
+    for column, status in (("reserved", "reserved"), ("on_hand", "packed")):
+        chosen = [r for r in rows if r["status"] == status]
+        if not chosen:
+            continue
+        sign = "-" if column == "reserved" else "+"
+        await conn.execute(
+            f"""
+            UPDATE stock s SET {column} = s.{column} {sign} t.quantity
+            FROM (
+                SELECT w, k, b, sum(q)::int AS quantity
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS u(w, k, b, q)
+                GROUP BY w, k, b
+            ) AS t
+            WHERE s.warehouse_id = t.w AND s.sku = t.k AND s.bin = t.b
+            """,
+            [r["warehouse_id"] for r in chosen],
+            [r["sku"] for r in chosen],
+            [r["bin"] for r in chosen],
+            [r["quantity"] for r in chosen],
+        )
+    return [(Pick(r["warehouse_id"], r["sku"], r["bin"], r["quantity"]), r["status"]) for r in rows]

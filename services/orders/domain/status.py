@@ -56,3 +56,23 @@ def advance(current: str, observed: str) -> str:
     if observed == "backordered" and current == "reserved":
         return current
     return observed if _RANK[observed] > _RANK[current] else current
+
+
+#: statuses at which the parcel is (or was) in a carrier's hands
+HANDED_OVER: frozenset[str] = frozenset(
+    {"shipped", "delivered", "return_requested", "returned", "exchanged"}
+)
+
+
+CancellationRefusal = Literal["already_shipped", "unknown_order", "already_cancelled"]
+
+
+def cancellation_refusal(status: str | None) -> CancellationRefusal | None:
+    """Why an order can no longer be cancelled, or None when it can."""
+    if status is None or status == "rejected":
+        return "unknown_order"
+    if status == "cancelled":
+        return "already_cancelled"
+    if status in HANDED_OVER:
+        return "already_shipped"
+    return None

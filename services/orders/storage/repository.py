@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from services.orders.domain.promises import PromisePolicy
 from shared.db.uow import Connection
 from shared.events import OrderPlaced, Promise
 
@@ -138,6 +139,42 @@ async def count_by_status(conn: Connection) -> dict[str, int]:
     if rejected:
         counts["rejected"] = counts.get("rejected", 0) + rejected
     return counts
+
+
+async def shop_promise_policy(conn: Connection, shop_id: str) -> PromisePolicy | None:
+    row = await conn.fetchrow("SELECT * FROM shop_promises WHERE shop_id = $1", shop_id)
+    if row is None:
+        return None
+    return PromisePolicy(
+        time_zone=row["time_zone"],
+        standard_cutoff=row["standard_cutoff"],
+        express_cutoff=row["express_cutoff"],
+        collection_time=row["collection_time"],
+        standard_business_days=row["standard_business_days"],
+        express_business_days=row["express_business_days"],
+    )
+
+
+async def save_shop_promise_policy(conn: Connection, shop_id: str, policy: PromisePolicy) -> None:
+    await conn.execute(
+        """
+        INSERT INTO shop_promises (shop_id, time_zone, standard_cutoff, express_cutoff,
+                                   collection_time, standard_business_days, express_business_days)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (shop_id) DO UPDATE SET
+            time_zone = excluded.time_zone, standard_cutoff = excluded.standard_cutoff,
+            express_cutoff = excluded.express_cutoff, collection_time = excluded.collection_time,
+            standard_business_days = excluded.standard_business_days,
+            express_business_days = excluded.express_business_days, updated_at = now()
+        """,
+        shop_id,
+        policy.time_zone,
+        policy.standard_cutoff,
+        policy.express_cutoff,
+        policy.collection_time,
+        policy.standard_business_days,
+        policy.express_business_days,
+    )
 
 
 def canonical_json(value: Any) -> str:

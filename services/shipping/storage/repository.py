@@ -42,6 +42,12 @@ async def remember_order(
     return int(status.split()[-1])
 
 
+async def order_cancelled(conn: Connection, order_id: str) -> bool:
+    return (
+        await conn.fetchval("SELECT true FROM cancelled_orders WHERE order_id = $1", order_id)
+    ) is True
+
+
 async def order_known(conn: Connection, order_id: str) -> bool:
     return (
         await conn.fetchval("SELECT true FROM shipping_orders WHERE order_id = $1", order_id)
@@ -239,3 +245,20 @@ async def shipments_of_order(conn: Connection, order_id: str) -> list[dict[str, 
         ]
         shipments.append(shipment)
     return shipments
+
+
+async def cancel_shipments(conn: Connection, order_id: str) -> int:
+    """Stop label purchases of a cancelled order and mark labels not yet used as cancelled."""
+    await conn.execute(
+        "INSERT INTO cancelled_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id
+    )
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'cancelled'
+        WHERE order_id = $1
+          AND state IN ('awaiting_order', 'label_pending', 'label_created')
+          AND shipped_at IS NULL
+        """,
+        order_id,
+    )
+    return int(status.split()[-1])
