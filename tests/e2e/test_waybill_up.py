@@ -25,7 +25,6 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
     for name in ("BROKER", "POSTGRES", "ORDERS", "INVENTORY", "SHIPPING", "RETURNS", "SANDBOX"):
         env[f"WAYBILL_{name}_PORT"] = str(free_port())
-    before = {p.pid for p in psutil.process_iter()}
     result = subprocess.run(
         [
             sys.executable,
@@ -52,9 +51,11 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
     progress = re.findall(r"delivered=(\d+)", result.stdout)
     assert progress, "the progress table shows delivered orders"
     assert "Stopped." in result.stdout
-    leftovers = [
-        p.name()
-        for p in psutil.process_iter()
-        if p.pid not in before and p.name() in ("postgres", "tansu") and p.status() != "zombie"
-    ]
+    # what this run started: servers on its data directory or its broker port
+    marks = (str(tmp_path), f"127.0.0.1:{env['WAYBILL_BROKER_PORT']}")
+    leftovers = []
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if process.info["status"] != psutil.STATUS_ZOMBIE and any(m in cmdline for m in marks):
+            leftovers.append(f"{process.info['name']}: {cmdline[:120]}")
     assert leftovers == [], f"processes left running: {leftovers}"
