@@ -186,7 +186,7 @@ async def run_up(options: UpOptions) -> int:
             for child in children:
                 probe = "/healthz" if child.name == "sandbox" else "/readyz"
                 await _wait_ready(http, child.name, urls[child.name] + probe, child)
-        _print_banner(urls, tokens, infra.kafka_bootstrap, logs)
+        _print_banner(urls, tokens, infra.kafka_bootstrap, logs, demo=options.demo)
         kafka = KafkaSettings(bootstrap=infra.kafka_bootstrap)
         if options.demo:
             demo = asyncio.create_task(
@@ -214,12 +214,18 @@ async def run_up(options: UpOptions) -> int:
         print("Stopped.", flush=True)
 
 
-def _print_banner(urls: dict[str, str], tokens: dict[str, str], bootstrap: str, logs: Path) -> None:
+def _print_banner(
+    urls: dict[str, str], tokens: dict[str, str], bootstrap: str, logs: Path, *, demo: bool
+) -> None:
     print("\nWaybill is up.\n")
     for part in ("orders", "inventory", "shipping", "returns", "sandbox"):
         print(f"  {part:10} {urls[part]}")
     print(f"  {'broker':10} {bootstrap}")
     print(f"\n  ops dashboard data:  {urls['orders']}/sla/summary")
+    print(
+        f"  warehouse page:      {urls['inventory']}/warehouse/<warehouse_id>"
+        f"?token={tokens['warehouse']}" + ("  (demo: BER-1, MUC-1, AMS-1)" if demo else "")
+    )
     for role, token in tokens.items():
         print(f"  token {role:10} {token}")
     print(f"\n  logs: {logs}\n  Ctrl-C stops everything.\n", flush=True)

@@ -47,6 +47,7 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Waybill is up." in result.stdout
+    assert re.search(r"/warehouse/<warehouse_id>\?token=\S+", result.stdout)
     assert "Demo complete" in result.stdout
     progress = re.findall(r"delivered=(\d+)", result.stdout)
     assert progress, "the progress table shows delivered orders"
