@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from services.inventory.domain.allocation import BinStock, Pick, Warehouse
 from shared.db.uow import Connection
@@ -178,47 +177,6 @@ async def backordered_waiting_for(conn: Connection, sku: str, *, limit: int) -> 
         limit,
     )
     return [r["order_id"] for r in rows]
-
-
-async def reservations_of(conn: Connection, order_id: str, *, status: str) -> list[Pick]:
-    rows = await conn.fetch(
-        """
-        SELECT warehouse_id, sku, bin, quantity FROM reservations
-        WHERE order_id = $1 AND status = $2 ORDER BY id
-        """,
-        order_id,
-        status,
-    )
-    return [Pick(r["warehouse_id"], r["sku"], r["bin"], r["quantity"]) for r in rows]
-
-
-async def create_picklist(
-    conn: Connection, *, picklist_id: UUID, warehouse_id: str, lines: list[tuple[str, Pick]]
-) -> None:
-    await conn.execute(
-        "INSERT INTO picklists (picklist_id, warehouse_id) VALUES ($1, $2)",
-        picklist_id,
-        warehouse_id,
-    )
-    await conn.execute(
-        """
-        INSERT INTO picklist_lines (picklist_id, line_no, order_id, sku, bin, quantity)
-        SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[])
-        """,
-        picklist_id,
-        list(range(1, len(lines) + 1)),
-        [order_id for order_id, _ in lines],
-        [p.sku for _, p in lines],
-        [p.bin for _, p in lines],
-        [p.quantity for _, p in lines],
-    )
-
-
-async def confirm_all_picked(conn: Connection, picklist_id: UUID) -> None:
-    await conn.execute(
-        "UPDATE picklist_lines SET picked_quantity = quantity WHERE picklist_id = $1", picklist_id
-    )
-    await conn.execute("UPDATE picklists SET status = 'done' WHERE picklist_id = $1", picklist_id)
 
 
 async def ship_out(conn: Connection, order_id: str, warehouse_id: str) -> None:
