@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import timedelta
 from typing import Any
 
 from services.returns import handlers
 from services.returns.storage import repository as repo
 from shared.carriers import CarrierError, CarrierGateway, LabelRequest, Place, RateRequest
+from shared.carriers.resilience import RetryPolicy
 from shared.db import unit_of_work
 from shared.db.notify import ChannelListener
 from shared.events import ReturnLabel
 from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("waybill.returns.labels")
+
+#: how return-label purchases back off between attempts
+LABEL_RETRY = RetryPolicy(base_seconds=0.5, cap_seconds=60.0)
 
 #: where returns go when the delivery did not say which warehouse sent them
 DEFAULT_RETURNS_DESK = Place(country="DE", postal_code="10115")
@@ -65,9 +68,7 @@ async def _purchase(runtime: ServiceRuntime, gateway: CarrierGateway, ret: dict[
             idempotency_key=ret["idempotency_key"],
         )
     except CarrierError as exc:
-        delay = random.uniform(0.5, min(60.0, 0.5 * 2 ** ret["attempts"]))
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+        delay = LABEL_RETRY.delay(max(1, ret["attempts"]), retry_after=exc.retry_after)
         log.warning(
             "return label for %s failed (%s); retry in %.1f s", ret["return_id"], exc, delay
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -13,6 +12,7 @@ from services.shipping.domain.rating import choose_rate
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierError, CarrierGateway, LabelRequest, Place, RateRequest
 from shared.carriers.base import Label, TrackingEvent
+from shared.carriers.resilience import RetryPolicy
 from shared.db import UnitOfWork
 from shared.db.notify import notify
 from shared.events import (
@@ -80,14 +80,13 @@ async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
         await notify(uow.conn, repo.LABELS_CHANNEL)
 
 
-def retry_delay(
-    attempts: int, error: CarrierError, *, base: float = 0.5, cap: float = 60.0
-) -> float:
-    """Exponential backoff with jitter; a carrier's Retry-After is a floor."""
-    delay = random.uniform(base, min(cap, base * 2**attempts))
-    if error.retry_after is not None:
-        delay = max(delay, error.retry_after)
-    return delay
+#: how label purchases back off between attempts
+LABEL_RETRY = RetryPolicy(base_seconds=0.5, cap_seconds=60.0)
+
+
+def retry_delay(attempts: int, error: CarrierError) -> float:
+    """Seconds before the next attempt of a purchase that failed ``attempts`` times."""
+    return LABEL_RETRY.delay(max(1, attempts), retry_after=error.retry_after)
 
 
 def origin_of(shipment: dict[str, Any]) -> Place:

@@ -1,0 +1,127 @@
+"""Carriers are unreliable (DESIGN.md rule 6): retry with backoff, and stop calling one
+that keeps failing.
+
+Pure state machines on an injectable clock; the callers decide what a failure is.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from shared.clock import Clock
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after ``failure_threshold`` failures in a row; after ``open_seconds`` it lets
+    one trial call through (half-open): success closes it, failure opens it again."""
+
+    name: str
+    clock: Clock
+    failure_threshold: int = 5
+    open_seconds: float = 30.0
+    state: BreakerState = BreakerState.CLOSED
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    trial_in_flight: bool = False
+    #: how often it opened and closed, for metrics and tests
+    transitions: list[BreakerState] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.open_seconds <= 0:
+            raise ValueError("a breaker needs a threshold of at least 1 and a positive open time")
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def _move(self, state: BreakerState) -> None:
+        if state != self.state:
+            self.state = state
+            self.transitions.append(state)
+
+    def allows_call(self) -> bool:
+        """Whether a call may go out now; in half-open, only the single trial call may."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            assert self.opened_at is not None
+            if self._now() - self.opened_at < self.open_seconds:
+                return False
+            self._move(BreakerState.HALF_OPEN)
+            self.trial_in_flight = False
+        if self.trial_in_flight:
+            return False
+        self.trial_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self.trial_in_flight = False
+        self.opened_at = None
+        self._move(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self.trial_in_flight = False
+        if self.state is BreakerState.HALF_OPEN:
+            self.opened_at = self._now()
+            self._move(BreakerState.OPEN)
+            return
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.failure_threshold:
+            self.opened_at = self._now()
+            self._move(BreakerState.OPEN)
+
+
+@dataclass
+class CarrierBreakers:
+    """One breaker per carrier, created on first use with the same settings."""
+
+    clock: Clock
+    failure_threshold: int = 5
+    open_seconds: float = 30.0
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+    def of(self, carrier: str) -> CircuitBreaker:
+        if carrier not in self.breakers:
+            self.breakers[carrier] = CircuitBreaker(
+                carrier,
+                self.clock,
+                failure_threshold=self.failure_threshold,
+                open_seconds=self.open_seconds,
+            )
+        return self.breakers[carrier]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter (between half the base and the doubling ceiling);
+    a server's Retry-After is a floor."""
+
+    base_seconds: float = 0.5
+    cap_seconds: float = 60.0
+    #: a Retry-After beyond this is not believed (a misbehaving server must not park us)
+    retry_after_cap_seconds: float = 300.0
+    max_attempts: int = 10
+
+    def delay(
+        self, attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
+        if attempt < 1:
+            raise ValueError("attempts are counted from 1")
+        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
+        wait = (rng or random).uniform(self.base_seconds / 2, max(ceiling, self.base_seconds / 2))
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.retry_after_cap_seconds))
+        return wait
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
