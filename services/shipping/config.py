@@ -9,6 +9,8 @@ MIN_WEBHOOK_SECRET_LENGTH = 16
 
 class ShippingSettings(CarrierClientSettings):
     http_port: int = Field(default=8083, validation_alias=AliasChoices("WAYBILL_SHIPPING_PORT"))
+    #: how often undelivered orders are checked against their delivery promise
+    sla_check_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("carrier_webhook_secret")
     @classmethod

@@ -9,6 +9,7 @@ from uuid import UUID, uuid5
 
 from services.shipping.domain import tracking
 from services.shipping.domain.rating import choose_rate
+from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierError, CarrierGateway, LabelRequest, Place, RateRequest
 from shared.carriers.base import Label, TrackingEvent
@@ -25,6 +26,7 @@ from shared.events import (
     ShipmentLabelCreated,
     ShipmentLine,
     ShipmentShipped,
+    SlaBreached,
 )
 
 log = logging.getLogger("waybill.shipping")
@@ -191,6 +193,15 @@ async def record_tracking(uow: UnitOfWork, update: TrackingEvent, *, source: str
         )
     if delivered_at is None and status == "delivered":
         delivered_at = update.at
+        deliver_by = await repo.deliver_by_of(uow.conn, shipment["order_id"])
+        if deliver_by is not None:
+            await check_delivery_promise(
+                uow,
+                order_id=shipment["order_id"],
+                deliver_by=deliver_by,
+                delivered_at=delivered_at,
+                now=delivered_at,
+            )
         uow.emit(
             ShipmentDelivered(
                 order_id=shipment["order_id"],
@@ -218,6 +229,28 @@ async def record_tracking(uow: UnitOfWork, update: TrackingEvent, *, source: str
         status=new_status,
         shipped_at=shipped_at,
         delivered_at=delivered_at,
+    )
+    return True
+
+
+async def check_delivery_promise(
+    uow: UnitOfWork,
+    *,
+    order_id: str,
+    deliver_by: datetime,
+    delivered_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Publish ``sla.breached`` (stage delivery) once per order when the promise is broken."""
+    observed = delivery_breached_at(deliver_by=deliver_by, delivered_at=delivered_at, now=now)
+    if observed is None:
+        return False
+    if not await repo.record_breach(
+        uow.conn, order_id=order_id, stage="delivery", deadline=deliver_by, observed_at=observed
+    ):
+        return False
+    uow.emit(
+        SlaBreached(order_id=order_id, stage="delivery", deadline=deliver_by, observed_at=observed)
     )
     return True
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from services.shipping.api import router
 from services.shipping.config import ShippingSettings
 from services.shipping.consumers import build_consumer
-from services.shipping.workers import buy_labels
+from services.shipping.workers import buy_labels, watch_delivery_promises
 from shared import topics
 from shared.carriers import CarrierGateway
 from shared.carriers.wiring import attach_carrier_gateway
@@ -47,12 +47,13 @@ def build_runtime(
             topics.SHIPMENTS_EXCEPTION,
             topics.SLA_BREACHED,
         ],
-        workers=[buy_labels],
+        workers=[buy_labels, watch_delivery_promises],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     attach_carrier_gateway(runtime, settings, carriers)
+    runtime.extras["sla_check_seconds"] = settings.sla_check_seconds
     runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
     return runtime
 

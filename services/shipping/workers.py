@@ -61,3 +61,21 @@ async def _purchase(
         return
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
         await handlers.record_label(uow, shipment, label)
+
+
+async def watch_delivery_promises(runtime: ServiceRuntime) -> None:
+    """Breach the promise of orders that nothing delivered by ``deliver_by`` (once each)."""
+    interval: float = runtime.extras["sla_check_seconds"]
+    while True:
+        now = runtime.clock.now()
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            for order in await repo.overdue_orders(uow.conn, now=now, limit=500):
+                await handlers.check_delivery_promise(
+                    uow,
+                    order_id=order["order_id"],
+                    deliver_by=order["deliver_by"],
+                    delivered_at=None,
+                    now=now,
+                )
+        runtime.extras["sla_checks"] = runtime.extras.get("sla_checks", 0) + 1
+        await asyncio.sleep(interval)

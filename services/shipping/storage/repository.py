@@ -262,3 +262,51 @@ async def cancel_shipments(conn: Connection, order_id: str) -> int:
         order_id,
     )
     return int(status.split()[-1])
+
+
+async def record_breach(
+    conn: Connection, *, order_id: str, stage: str, deadline: datetime, observed_at: datetime
+) -> bool:
+    """True only the first time a breach of this order and stage is recorded."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO sla_breaches (order_id, stage, deadline, observed_at)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (order_id, stage) DO NOTHING
+        RETURNING true
+        """,
+        order_id,
+        stage,
+        deadline,
+        observed_at,
+    )
+    return inserted is True
+
+
+async def deliver_by_of(conn: Connection, order_id: str) -> datetime | None:
+    value: datetime | None = await conn.fetchval(
+        "SELECT deliver_by FROM shipping_orders WHERE order_id = $1", order_id
+    )
+    return value
+
+
+async def overdue_orders(conn: Connection, *, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Orders past their delivery promise with a shipment, or all of it, not delivered."""
+    rows = await conn.fetch(
+        """
+        SELECT o.order_id, o.deliver_by FROM shipping_orders o
+        WHERE o.deliver_by < $1
+          AND NOT EXISTS (SELECT 1 FROM sla_breaches b
+                          WHERE b.order_id = o.order_id AND b.stage = 'delivery')
+          AND NOT EXISTS (SELECT 1 FROM cancelled_orders c WHERE c.order_id = o.order_id)
+          AND (NOT EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = o.order_id)
+               OR EXISTS (SELECT 1 FROM shipments s
+                          WHERE s.order_id = o.order_id AND s.delivered_at IS NULL
+                            AND s.state <> 'cancelled'))
+        ORDER BY o.deliver_by
+        LIMIT $2
+        """,
+        now,
+        limit,
+    )
+    return [dict(r) for r in rows]
