@@ -11,6 +11,9 @@ class ShippingSettings(CarrierClientSettings):
     http_port: int = Field(default=8083, validation_alias=AliasChoices("WAYBILL_SHIPPING_PORT"))
     #: how often undelivered orders are checked against their delivery promise
     sla_check_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: a shipment without tracking news this long is polled (carriers without webhooks)
+    poll_after_seconds: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    poll_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     @field_validator("carrier_webhook_secret")
     @classmethod

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from services.shipping.api import router
 from services.shipping.config import ShippingSettings
 from services.shipping.consumers import build_consumer
-from services.shipping.workers import buy_labels, watch_delivery_promises
+from services.shipping.workers import buy_labels, poll_tracking, watch_delivery_promises
 from shared import topics
 from shared.carriers import CarrierGateway
 from shared.carriers.wiring import attach_carrier_gateway
@@ -47,13 +47,15 @@ def build_runtime(
             topics.SHIPMENTS_EXCEPTION,
             topics.SLA_BREACHED,
         ],
-        workers=[buy_labels, watch_delivery_promises],
+        workers=[buy_labels, watch_delivery_promises, poll_tracking],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     attach_carrier_gateway(runtime, settings, carriers)
     runtime.extras["sla_check_seconds"] = settings.sla_check_seconds
+    runtime.extras["poll_after_seconds"] = settings.poll_after_seconds
+    runtime.extras["poll_interval_seconds"] = settings.poll_interval_seconds
     runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
     return runtime
 

@@ -17,6 +17,7 @@ from shared.runtime import ServiceRuntime
 log = logging.getLogger("waybill.shipping.labels")
 
 PURCHASES_AT_ONCE = 16
+POLLS_AT_ONCE = 50
 
 
 async def buy_labels(runtime: ServiceRuntime) -> None:
@@ -78,4 +79,29 @@ async def watch_delivery_promises(runtime: ServiceRuntime) -> None:
                     now=now,
                 )
         runtime.extras["sla_checks"] = runtime.extras.get("sla_checks", 0) + 1
+        await asyncio.sleep(interval)
+
+
+async def poll_tracking(runtime: ServiceRuntime) -> None:
+    """Ask carriers about shipments that have had no tracking update for a while."""
+    gateway: CarrierGateway = runtime.extras["carriers"]
+    quiet_for = timedelta(seconds=runtime.extras["poll_after_seconds"])
+    interval: float = runtime.extras["poll_interval_seconds"]
+    while True:
+        now = runtime.clock.now()
+        async with runtime.pool.acquire() as conn:
+            quiet = await repo.lease_quiet_shipments(
+                conn, quiet_since=now - quiet_for, now=now, limit=POLLS_AT_ONCE
+            )
+        for shipment in quiet:
+            try:
+                events = await gateway.track(shipment["tracking_number"])
+            except CarrierError as exc:
+                log.warning("tracking %s failed: %s", shipment["tracking_number"], exc)
+                continue
+            async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+                for event in sorted(events, key=lambda e: e.at):
+                    await handlers.record_tracking(uow, event, source="poll")
+        runtime.extras["polled_shipments"] = runtime.extras.get("polled_shipments", 0) + len(quiet)
+        runtime.extras["poll_rounds"] = runtime.extras.get("poll_rounds", 0) + 1
         await asyncio.sleep(interval)

@@ -104,6 +104,8 @@ class SandboxCarrierGateway:
                 tracking_number=tracking_number,
                 status=e["status"],
                 at=datetime.fromisoformat(e["at"]),
+                # the id its webhook carries too: a polled copy of a pushed event counts once
+                event_id=e.get("event_id"),
                 description=e.get("description"),
                 raw=e,
             )

@@ -310,3 +310,33 @@ async def overdue_orders(conn: Connection, *, now: datetime, limit: int) -> list
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def lease_quiet_shipments(
+    conn: Connection, *, quiet_since: datetime, now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Shipments on the way with no tracking news since ``quiet_since``, not polled since
+    then either; marks them polled now."""
+    rows = await conn.fetch(
+        """
+        WITH quiet AS (
+            SELECT s.shipment_id FROM shipments s
+            WHERE s.state = 'label_created'
+              AND coalesce(s.tracking_status, 'pre_transit')
+                  NOT IN ('delivered', 'cancelled', 'return_to_sender')
+              AND coalesce((SELECT max(t.received_at) FROM tracking_events t
+                            WHERE t.shipment_id = s.shipment_id), s.label_created_at) < $1
+              AND (s.last_polled_at IS NULL OR s.last_polled_at < $1)
+            ORDER BY s.last_polled_at NULLS FIRST
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE shipments s SET last_polled_at = $2
+        FROM quiet WHERE s.shipment_id = quiet.shipment_id
+        RETURNING s.shipment_id, s.tracking_number, s.carrier
+        """,
+        quiet_since,
+        now,
+        limit,
+    )
+    return [dict(r) for r in rows]
