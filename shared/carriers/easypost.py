@@ -26,6 +26,7 @@ from shared.carriers.base import (
     RateRequest,
     TrackingEvent,
 )
+from shared.carriers.http import call_carrier
 from shared.signing import WebhookSignatureError
 
 SIGNATURE_HEADER = "X-Hmac-Signature"
@@ -144,29 +145,7 @@ class EasyPostCarrierGateway:
     # --- HTTP --------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise CarrierError(f"{method} {path} timed out", retryable=True) from exc
-        except httpx.TransportError as exc:
-            raise CarrierError(f"{method} {path} failed: {exc}", retryable=True) from exc
-        if response.status_code == 429:
-            raise CarrierError("rate limited", retryable=True, retry_after=_retry_after(response))
-        if response.status_code >= 500:
-            raise CarrierError(
-                f"{method} {path}: {response.status_code} {_error_text(response)}",
-                retryable=True,
-            )
-        if response.status_code >= 400:
-            raise CarrierError(
-                f"{method} {path}: {response.status_code} {_error_text(response)}",
-                retryable=False,
-            )
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError as exc:
-            raise CarrierError(f"{method} {path}: unreadable answer", retryable=True) from exc
-        return body
+        return await call_carrier(self._client, method, path, error_text=_error_text, **kwargs)
 
     def _shipment_body(
         self, ship_from: Place, ship_to: Place | dict[str, Any], parcels: list[dict[str, int]]
@@ -300,16 +279,6 @@ class EasyPostCarrierGateway:
 
 
 # --- mapping helpers ---------------------------------------------------------------------
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP-date; the caller's own backoff applies
 
 
 def _error_text(response: httpx.Response) -> str:

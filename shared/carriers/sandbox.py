@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 
 from shared.carriers.base import (
-    CarrierError,
     Label,
     LabelRequest,
     Rate,
     RateRequest,
     TrackingEvent,
 )
+from shared.carriers.http import call_carrier
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
 
 
@@ -29,27 +29,7 @@ class SandboxCarrierGateway:
         await self._client.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise CarrierError(f"{method} {path} timed out", retryable=True) from exc
-        except httpx.TransportError as exc:
-            raise CarrierError(f"{method} {path} failed: {exc}", retryable=True) from exc
-        if response.status_code == 429:
-            retry_after = response.headers.get("retry-after")
-            raise CarrierError(
-                "rate limited",
-                retryable=True,
-                retry_after=float(retry_after) if retry_after else None,
-            )
-        if response.status_code >= 500:
-            raise CarrierError(f"{method} {path}: {response.status_code}", retryable=True)
-        if response.status_code >= 400:
-            raise CarrierError(
-                f"{method} {path}: {response.status_code} {response.text[:300]}", retryable=False
-            )
-        body: dict[str, Any] = response.json()
-        return body
+        return await call_carrier(self._client, method, path, **kwargs)
 
     async def rates(self, request: RateRequest) -> list[Rate]:
         body = await self._call(
