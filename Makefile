@@ -34,7 +34,7 @@ browser:
 		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else \
-		echo "note: $(CHROMIUM) is missing and only root can install it: browser tests will skip"; \
+		echo "note: $(CHROMIUM) is missing and only root can install it: the browser tests will fail"; \
 	fi
 
 ## the full test suite against the real (embedded) broker and PostgreSQL

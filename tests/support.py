@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from uuid import uuid4
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
 
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
+from waybill.system import ServedApp, bind_socket
 
 T = TypeVar("T")
 
@@ -130,3 +133,17 @@ def bearer(token: str) -> dict[str, str]:
 
 async def http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=30.0)
+
+
+@asynccontextmanager
+async def serving(make_app: Callable[[str], FastAPI]) -> AsyncIterator[tuple[str, FastAPI]]:
+    """Serve ``make_app(base_url)`` with uvicorn on a free port of 127.0.0.1."""
+    sock = bind_socket("127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = make_app(base_url)
+    served = ServedApp("test server", app, sock)
+    await served.start(within_seconds=10)
+    try:
+        yield base_url, app
+    finally:
+        await served.stop(within_seconds=15)

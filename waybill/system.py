@@ -60,7 +60,8 @@ class SystemConfig:
     service_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening address taken now (port 0: any free one), served later."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -68,7 +69,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Served:
+class ServedApp:
     """A FastAPI app served by uvicorn on a socket bound beforehand."""
 
     def __init__(self, name: str, app: FastAPI, sock: socket.socket) -> None:
@@ -117,7 +118,7 @@ class LocalSystem:
         self.with_sandbox = with_sandbox
         self.urls: dict[str, str] = {}
         self.runtimes: dict[str, ServiceRuntime] = {}
-        self._served: list[_Served] = []
+        self._served: list[ServedApp] = []
 
     def _settings(self, name: str, **extra: Any) -> dict[str, Any]:
         tokens = self.config.tokens
@@ -157,7 +158,7 @@ class LocalSystem:
         from waybill.carrier_sandbox import SandboxConfig, create_app
 
         parts = (["sandbox"] if self.with_sandbox else []) + self.services
-        sockets = {p: _bind(self.config.host, self.config.ports.get(p, 0)) for p in parts}
+        sockets = {p: bind_socket(self.config.host, self.config.ports.get(p, 0)) for p in parts}
         for part, sock in sockets.items():
             self.urls[part] = f"http://{self.config.host}:{sock.getsockname()[1]}"
         try:
@@ -189,7 +190,7 @@ class LocalSystem:
             raise
 
     async def _serve(self, name: str, app: FastAPI, sock: socket.socket) -> None:
-        served = _Served(name, app, sock)
+        served = ServedApp(name, app, sock)
         self._served.append(served)
         await served.start()
         log.info("%s listening on %s", name, self.urls[name])

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from services.orders import handlers
 from services.orders.consumers import MAX_ORDER_BYTES
 from services.orders.domain.promises import PromisePolicy
+from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared.db import unit_of_work
 from shared.events import OrderPlaced
@@ -54,7 +55,7 @@ async def submit_order(request: Request) -> JSONResponse:
         return _unprocessable([("(body)", f"not JSON: {exc}")])
     if not isinstance(payload, dict):
         return _unprocessable([("(body)", "must be a JSON object")])
-    policy: PromisePolicy = runtime.extras["promise_policy"]
+    promises: ShopPromises = runtime.extras["shop_promises"]
     inbox = runtime.consumer.inbox_name(OrderPlaced.TOPIC)
     try:
         order = OrderPlaced.model_validate(payload)
@@ -69,7 +70,7 @@ async def submit_order(request: Request) -> JSONResponse:
         if not await uow.claim(inbox, [order.event_id]):
             outcome = "duplicate"
         else:
-            outcome = await handlers.place_order(order, uow, policy=policy)
+            outcome = await handlers.place_order(order, uow, promises=promises)
     status = {"accepted": "accepted", "duplicate": "accepted", "conflict": "rejected"}[outcome]
     return JSONResponse(
         {"order_id": order.order_id, "outcome": outcome, "status": status}, status_code=202
@@ -155,6 +156,7 @@ async def put_shop_promise(shop_id: str, body: PromiseSettings, request: Request
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         await repo.save_shop_promise_policy(conn, shop_id, PromisePolicy(**body.model_dump()))
+    runtime.extras["shop_promises"].forget(shop_id)
     return {"shop_id": shop_id, **body.model_dump(mode="json")}
 
 

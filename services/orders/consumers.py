@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from services.orders import handlers
-from services.orders.domain.promises import PromisePolicy
+from services.orders.shop_promises import ShopPromises
 from shared.db import UnitOfWork
 from shared.events import (
     Event,
@@ -73,14 +73,14 @@ def _progress(
         )
 
 
-def build_consumer(*, schema: str, policy: PromisePolicy, **options: Any) -> EventConsumer:
+def build_consumer(*, schema: str, promises: ShopPromises, **options: Any) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-orders", schema=schema, **options)
 
     @consumer.handles(
         OrderPlaced, on_invalid=handlers.reject_invalid_order, max_bytes=MAX_ORDER_BYTES
     )
     async def on_order_placed(event: OrderPlaced, uow: UnitOfWork) -> None:
-        await handlers.place_order(event, uow, policy=policy)
+        await handlers.place_order(event, uow, promises=promises)
 
     @consumer.handles(
         OrderCancellationRequested,

@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from services.orders.domain.promises import PromisePolicy, promise_for
+from services.orders.domain.promises import promise_for
 from services.orders.domain.status import advance, cancellation_refusal
+from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared.db import UnitOfWork
 from shared.events import (
@@ -36,15 +37,14 @@ def content_hash(order: OrderPlaced) -> str:
 
 
 async def place_order(
-    order: OrderPlaced, uow: UnitOfWork, *, policy: PromisePolicy
+    order: OrderPlaced, uow: UnitOfWork, *, promises: ShopPromises
 ) -> IntakeOutcome:
     """Accept a new order and promise its dates; a resubmission is a no-op or a conflict.
 
-    ``policy`` is the house promise; a shop's own settings (``PUT /shops/{id}/promise``)
-    take its place.
+    The promise is the house one unless the shop has its own (``PUT /shops/{id}/promise``).
     """
     digest = content_hash(order)
-    policy = await repo.shop_promise_policy(uow.conn, order.shop_id) or policy
+    policy = await promises.policy_for(uow.conn, order.shop_id)
     promise = promise_for(order.placed_at, order.service_level, policy)
     if not await repo.insert_order(uow.conn, order, content_hash=digest, promise=promise):
         if await repo.content_hash_of(uow.conn, order.order_id) == digest:

@@ -10,6 +10,7 @@ from services.orders.api import router
 from services.orders.config import OrdersSettings
 from services.orders.consumers import build_consumer
 from services.orders.domain.promises import PromisePolicy
+from services.orders.shop_promises import ShopPromises
 from shared import topics
 from shared.clock import Clock
 from shared.db import MigrationSource
@@ -29,9 +30,10 @@ def build_runtime(
 ) -> ServiceRuntime:
     settings = settings or OrdersSettings()
     policy = PromisePolicy(time_zone=settings.promise_time_zone)
+    promises = ShopPromises(policy)
     consumer = build_consumer(
         schema=NAME,
-        policy=policy,
+        promises=promises,
         max_attempts=settings.consumer_max_attempts,
         retry_base_seconds=settings.consumer_retry_base_seconds,
     )
@@ -51,6 +53,7 @@ def build_runtime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     runtime.extras["promise_policy"] = policy
+    runtime.extras["shop_promises"] = promises
     return runtime
 
 

@@ -1,7 +1,7 @@
 """The warehouse page in a real Chromium against the real system.
 
 Debian's Chromium (/usr/bin/chromium; `make test` installs it when run as root) is
-driven by Playwright; no browser is ever downloaded. Without it the test is skipped
+driven by Playwright; no browser is ever downloaded. Without it the test fails
 with the reason. Screenshots go to the test's tmp folder; with
 WAYBILL_UPDATE_SCREENSHOT=1 the desktop one is also copied to docs/warehouse-page.png.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.async_api as playwright_api
 import pytest
 
 from shared import topics
@@ -24,9 +25,6 @@ from tests.support import bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="playwright is not installed (pip install -e '.[test]')"
-)
 
 CHROMIUM = Path(os.environ.get("WAYBILL_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -53,7 +51,7 @@ def _chromium_missing() -> bool:
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if _chromium_missing():
-        pytest.skip(
+        pytest.fail(
             f"Debian's Chromium is not at {CHROMIUM}: `make test` installs it when run as "
             "root (apt-get install chromium); set WAYBILL_TEST_CHROMIUM to use another"
         )

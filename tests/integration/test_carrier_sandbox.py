@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,10 +14,10 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
+from tests.support import serving, wait_for
 from waybill.carrier_sandbox import SandboxConfig, create_app
 from waybill.carrier_sandbox.code128 import (
     code128b_bits,
@@ -32,49 +31,6 @@ SECRET = "test-webhook-secret"
 T = TypeVar("T")
 
 # --- harness: real servers on free ports, conditions waited for with deadlines ------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, within_seconds: float = 5.0, what: str
-) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_seconds
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within_seconds} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def serving(make_app: Callable[[str], FastAPI]) -> AsyncIterator[tuple[str, FastAPI]]:
-    """Serve the app `make_app(base_url)` with uvicorn on a free port of 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = make_app(base_url)
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-            raise AssertionError("server stopped before it started")
-        if loop.time() > deadline:
-            task.cancel()
-            raise AssertionError("server did not start within 10 s")
-        await asyncio.sleep(0.01)
-    try:
-        yield base_url, app
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
 
 
 @dataclass
@@ -494,7 +450,7 @@ async def test_control_event_pushes_a_signed_webhook(sbx: Sandboxed) -> None:
     async def pushed() -> list[Received]:
         return sbx.receiver.requests
 
-    (received,) = await eventually(pushed, what="the webhook")
+    (received,) = await wait_for(pushed, timeout=5.0, what="the webhook")
     assert received.path == "/webhooks/carriers/ecoship"
     assert received.headers["content-type"] == "application/json"
     assert received.json() == {
@@ -524,7 +480,7 @@ async def test_control_event_pushes_a_signed_webhook(sbx: Sandboxed) -> None:
         ]
         return attempts
 
-    (attempt,) = await eventually(logged, what="the logged attempt")
+    (attempt,) = await wait_for(logged, timeout=5.0, what="the logged attempt")
     assert attempt["event_id"] == event["event_id"]
     assert attempt["http_status"] == 204 and attempt["delivered"] is True
     assert attempt["attempt"] == 1 and attempt["tracking_status"] == "out_for_delivery"
@@ -546,7 +502,7 @@ async def test_failed_webhook_pushes_are_retried(sbx: Sandboxed) -> None:
         ]
         return attempts if any(attempt["delivered"] for attempt in attempts) else []
 
-    attempts = await eventually(delivered, what="a delivered webhook")
+    attempts = await wait_for(delivered, timeout=5.0, what="a delivered webhook")
     assert [attempt["http_status"] for attempt in attempts] == [503, 500, 204]
     assert [attempt["attempt"] for attempt in attempts] == [1, 2, 3]
     stats = (await sbx.client.get("/sandbox/stats")).json()
@@ -568,7 +524,7 @@ async def test_failed_webhook_pushes_are_retried(sbx: Sandboxed) -> None:
         ]
         return [attempt for attempt in attempts if attempt["tracking_status"] == "in_transit"]
 
-    (only,) = await eventually(refused, what="the refused webhook")
+    (only,) = await wait_for(refused, timeout=5.0, what="the refused webhook")
     assert only["http_status"] == 401 and only["delivered"] is False
     assert sbx.sandbox.background_tasks == 0
 
@@ -586,7 +542,7 @@ async def test_unreachable_webhook_target_is_recorded_and_retried() -> None:
             ]
             return logged if len(logged) == 3 else []
 
-        logged = await eventually(attempts, what="three failed attempts")
+        logged = await wait_for(attempts, timeout=5.0, what="three failed attempts")
         assert all(attempt["http_status"] is None and attempt["error"] for attempt in logged)
         assert not any(attempt["delivered"] for attempt in logged)
 
@@ -721,7 +677,7 @@ async def test_auto_advance_delivers_the_parcel() -> None:
             tracker: dict[str, Any] = (await sbx.client.get(f"/v1/trackers/{number}")).json()
             return tracker if tracker["status"] == "delivered" else None
 
-        tracker = await eventually(delivered, what="delivery")
+        tracker = await wait_for(delivered, timeout=5.0, what="delivery")
         assert [event["status"] for event in tracker["events"]] == [
             "pre_transit",
             "picked_up",
@@ -733,7 +689,7 @@ async def test_auto_advance_delivers_the_parcel() -> None:
         async def all_pushed() -> list[Received]:
             return sbx.receiver.requests if len(sbx.receiver.requests) == 4 else []
 
-        pushed = await eventually(all_pushed, what="four webhooks")
+        pushed = await wait_for(all_pushed, timeout=5.0, what="four webhooks")
         assert sorted(request.json()["status"] for request in pushed) == sorted(
             ["picked_up", "in_transit", "out_for_delivery", "delivered"]
         )

@@ -367,7 +367,7 @@ def test_compose_needs_no_variables_and_keeps_observability_out(
 def kustomize(folder: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: the Kustomize render cannot be checked")
+        pytest.fail("kubectl is not installed: the Kustomize render cannot be checked")
     result = run_tool(kubectl, "kustomize", folder)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

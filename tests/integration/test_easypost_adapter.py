@@ -11,56 +11,27 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared.carriers.base import CarrierError, LabelRequest, Place, RateRequest
 from shared.carriers.easypost import EasyPostCarrierGateway
 from shared.signing import WebhookSignatureError
+from tests.support import serving
 
 API_KEY = "EZTK_test_key"
 # Precomposed "é": EasyPost normalises the secret with NFKD, so the key bytes differ.
 WEBHOOK_SECRET = "s\u00e9cret-webhook"
 
 # --- harness: a real server on a free port (the pattern of test_carrier_sandbox) ----------
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not server.started:
-        if task.done():
-            task.result()
-            raise AssertionError("server stopped before it started")
-        if loop.time() > deadline:
-            task.cancel()
-            raise AssertionError("server did not start within 10 s")
-        await asyncio.sleep(0.01)
-    try:
-        yield base_url
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
 
 
 @dataclass
@@ -194,7 +165,7 @@ class Running:
 @pytest.fixture
 async def ep() -> AsyncIterator[Running]:
     fake = FakeEasyPost()
-    async with serving(fake.app()) as base_url:
+    async with serving(lambda _: fake.app()) as (base_url, _):
         fake.base_url = base_url
         gateway = EasyPostCarrierGateway(
             API_KEY, webhook_secret=WEBHOOK_SECRET, base_url=base_url, timeout_seconds=0.5

@@ -12,7 +12,7 @@ import socket
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ from shared.infra import (
     service_schema,
     start_infrastructure,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +52,6 @@ PG_HBA = textwrap.dedent(
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-async def eventually(
-    condition: Callable[[], bool], *, what: str, timeout: float = DEADLINE_SECONDS
-) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true after {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def is_gone(pid: int) -> bool:
@@ -287,7 +277,7 @@ async def test_a_crashed_server_leaves_a_stale_pid_file_that_the_next_start_clea
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: all(is_gone(pid) for pid in pids), what="the server is killed")
+    await wait_for(lambda: all(is_gone(pid) for pid in pids), what="the server is killed")
     assert (data_dir / "postmaster.pid").exists()
 
     recovered = EmbeddedPostgres(data_dir)
@@ -579,7 +569,7 @@ async def test_servers_die_with_the_process_that_started_them(tmp_path: Path) ->
         owner.kill()  # SIGKILL: no cleanup code of the owner runs
         await owner.wait()
 
-        await eventually(
+        await wait_for(
             lambda: all(is_gone(pid) for pid in pids), what="the servers exit after their owner"
         )
     finally:
