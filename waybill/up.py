@@ -32,7 +32,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
-from shared.infra import provision_service_database, start_infrastructure
+from shared.infra import die_with_parent, provision_service_database, start_infrastructure
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings, default_data_dir
 from waybill.system import DEFAULT_PORTS, SERVICES
@@ -87,8 +87,15 @@ class Child:
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
+            # started from the event loop's (main) thread: the service gets SIGTERM if
+            # `waybill up` dies without stopping it, so nothing is ever orphaned
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True
+                *self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
     async def stop(self, grace_seconds: float = 15.0) -> None:
@@ -123,7 +130,7 @@ async def run_up(options: UpOptions) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
 
     print(f"Starting infrastructure (data in {data_dir}) ...", flush=True)
@@ -207,11 +214,17 @@ async def run_up(options: UpOptions) -> int:
             await stop.wait()
         return 0
     finally:
-        print("\nStopping ...", flush=True)
+        _say("\nStopping ...")
         for child in reversed(children):
             await child.stop()
         await asyncio.to_thread(infra.close)
-        print("Stopped.", flush=True)
+        _say("Stopped.")
+
+
+def _say(text: str) -> None:
+    """Print, unless the terminal is gone (a closed pipe must not stop the clean-up)."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def _print_banner(
@@ -311,6 +324,7 @@ async def run_demo(
         await watcher.start()
         placed: dict[str, dict[str, Any]] = {}
         returns_requested: set[str] = set()
+        delivered: set[str] = set()  # this run's orders the carrier delivered
         decisions: Counter[str] = Counter()
         try:
 
@@ -352,6 +366,8 @@ async def run_demo(
                         decisions["approved" if approved else f"rejected:{event['reason']}"] += 1
                         continue
                     order_id = event["order_id"]
+                    if order_id in placed:
+                        delivered.add(order_id)
                     if order_id not in placed or order_id in returns_requested:
                         continue
                     if len(returns_requested) >= max(1, options.demo_orders // 4):
@@ -370,11 +386,14 @@ async def run_demo(
                         summary,
                         len(placed),
                         options.demo_orders,
+                        len(delivered),
                         len(returns_requested),
                         decisions,
                         started,
                     )
-                    if _demo_done(summary, options.demo_orders, len(returns_requested), decisions):
+                    if _demo_done(
+                        len(delivered), options.demo_orders, len(returns_requested), decisions
+                    ):
                         print("\nDemo complete: every order delivered, every return decided.")
                         return 0
                     if time.monotonic() - started > options.done_timeout_seconds:
@@ -424,6 +443,7 @@ def _print_progress(
     counts: dict[str, int],
     placed: int,
     total: int,
+    delivered: int,
     returns: int,
     decisions: Counter[str],
     started: float,
@@ -431,14 +451,13 @@ def _print_progress(
     cells = "  ".join(f"{c}={counts.get(c, 0)}" for c in _COLUMNS if counts.get(c))
     decided = ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())) or "-"
     print(
-        f"[{time.monotonic() - started:6.1f}s] placed {placed}/{total} | {cells or 'waiting'}"
+        f"[{time.monotonic() - started:6.1f}s] this run: placed {placed}/{total},"
+        f" delivered {delivered}/{total} | all orders: {cells or 'waiting'}"
         f" | returns requested {returns}, decided: {decided}",
         flush=True,
     )
 
 
-def _demo_done(counts: dict[str, int], total: int, returns: int, decisions: Counter[str]) -> bool:
-    finished = (
-        counts.get("delivered", 0) + counts.get("return_requested", 0) + counts.get("returned", 0)
-    )
-    return finished >= total and returns > 0 and sum(decisions.values()) >= returns
+def _demo_done(delivered: int, total: int, returns: int, decisions: Counter[str]) -> bool:
+    """Every order of this run delivered and every return it asked for decided."""
+    return delivered >= total and returns > 0 and sum(decisions.values()) >= returns

@@ -5,6 +5,7 @@
 service its own role and schema.
 """
 
+from shared.infra._process import die_with_parent
 from shared.infra.kafka import EmbeddedKafka, KafkaStartError
 from shared.infra.launcher import (
     DATABASE_URL_ENV,
@@ -26,6 +27,7 @@ __all__ = [
     "Infrastructure",
     "KafkaStartError",
     "PostgresStartError",
+    "die_with_parent",
     "docker_engine_available",
     "provision_service_database",
     "service_role",

@@ -112,6 +112,12 @@ def _die_with_parent(death_signal: signal.Signals) -> Callable[[], None]:
     return preexec
 
 
+def die_with_parent(death_signal: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``death_signal`` when the thread that started it
+    ends (start children from a thread that lives as long as the process)."""
+    return _die_with_parent(death_signal)
+
+
 _Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
 
 
