@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
+
+from shared.events import (
+    OrderAccepted,
+    OrderPacked,
+    Origin,
+    Parcel,
+    Promise,
+    ShipmentLine,
+)
 
 
 def new_id(prefix: str = "shop1:") -> str:
@@ -57,3 +66,41 @@ def return_requested(
     }
     payload.update(overrides)
     return payload
+
+
+def order_accepted(
+    *,
+    order_id: str | None = None,
+    deliver_by: datetime | None = None,
+    country: str = "DE",
+    postal_code: str = "10117",
+) -> dict[str, Any]:
+    """What orders publishes for an accepted order (tests that feed shipping alone)."""
+    placed = order_placed(order_id=order_id, country=country, postal_code=postal_code)
+    now = datetime.now(UTC)
+    return OrderAccepted(
+        order_id=placed["order_id"],
+        shop_id=placed["shop_id"],
+        service_level=placed["service_level"],
+        placed_at=now,
+        currency=placed["currency"],
+        lines=placed["lines"],
+        ship_to=placed["ship_to"],
+        promised=Promise(
+            dispatch_by=now + timedelta(days=1),
+            deliver_by=deliver_by or now + timedelta(days=14),
+        ),
+    ).model_dump(mode="json")
+
+
+def order_packed(
+    order_id: str, *, warehouse_id: str = "BER-1", weight_grams: int = 900
+) -> dict[str, Any]:
+    """What inventory publishes when an order's parcels are packed."""
+    return OrderPacked(
+        order_id=order_id,
+        warehouse_id=warehouse_id,
+        parcels=[Parcel(weight_grams=weight_grams, length_mm=300, width_mm=200, height_mm=100)],
+        lines=[ShipmentLine(sku="SKU-1", quantity=1)],
+        ship_from=Origin(country="DE", postal_code="10115"),
+    ).model_dump(mode="json")

@@ -44,7 +44,8 @@ async def _purchase(runtime: ServiceRuntime, gateway: CarrierGateway, ret: dict[
     desk = DEFAULT_RETURNS_DESK
     parcels = [{"weight_grams": 1000, "length_mm": 400, "width_mm": 300, "height_mm": 200}]
     try:
-        rates = await gateway.rates(RateRequest(ship_from=origin, ship_to=desk, parcels=parcels))
+        quotes = await gateway.rates(RateRequest(ship_from=origin, ship_to=desk, parcels=parcels))
+        rates = quotes.rates
         # the carrier that delivered takes it back, when it quotes; the cheapest service
         own = [r for r in rates if r.carrier == ret["carrier"]] or rates
         if not own:

@@ -10,7 +10,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from services.shipping import handlers
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierGateway
+from shared.carriers.purchase import LabelPurchaser
+from shared.carriers.resilience import BreakerState
 from shared.db import unit_of_work
+from shared.db.notify import notify
 from shared.http import require_role, runtime_of
 from shared.signing import WebhookSignatureError
 
@@ -56,6 +59,7 @@ async def get_shipments(order_id: str, request: Request) -> dict[str, Any]:
         "at_risk",
         "attempts",
         "last_error",
+        "voided_at",
         "label_created_at",
         "shipped_at",
         "delivered_at",
@@ -63,3 +67,40 @@ async def get_shipments(order_id: str, request: Request) -> dict[str, Any]:
         "tracking",
     )
     return {"order_id": order_id, "shipments": [{k: s[k] for k in public} for s in shipments]}
+
+
+@router.post(
+    "/shipments/{order_id}/labels/retry",
+    dependencies=[Depends(require_role("ops"))],
+    status_code=202,
+)
+async def retry_labels(order_id: str, request: Request) -> dict[str, Any]:
+    """Give failed label purchases (``label_failed``) a fresh retry budget."""
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        retried = await repo.retry_failed_labels(conn, order_id)
+        if retried:
+            await notify(conn, repo.LABELS_CHANNEL)
+    if not retried:
+        raise HTTPException(409, f"order {order_id} has no failed label purchase")
+    return {"order_id": order_id, "retried": retried}
+
+
+@router.get("/carriers", dependencies=[Depends(require_role("ops"))])
+async def carrier_health(request: Request) -> dict[str, Any]:
+    """Each carrier's circuit breaker in this process: closed, open or half_open."""
+    purchaser: LabelPurchaser = runtime_of(request).extras["purchaser"]
+    carriers = sorted(purchaser.known_carriers | set(purchaser.breakers.breakers))
+    return {
+        "carriers": [
+            {
+                "carrier": name,
+                "circuit": breaker.state.value,
+                "consecutive_failures": breaker.consecutive_failures,
+                "retry_in_seconds": round(breaker.seconds_until_trial(), 3),
+                "times_opened": breaker.transitions.count(BreakerState.OPEN),
+            }
+            for name in carriers
+            for breaker in [purchaser.breakers.of(name)]
+        ]
+    }

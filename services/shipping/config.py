@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from shared.carriers.wiring import CarrierClientSettings
 
@@ -15,13 +15,17 @@ class ShippingSettings(CarrierClientSettings):
     poll_after_seconds: float = Field(default=3600.0, ge=0, le=7 * 86400)
     poll_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
 
-    @field_validator("carrier_webhook_secret")
-    @classmethod
-    def _webhooks_need_a_secret(cls, value: SecretStr) -> SecretStr:
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> ShippingSettings:
         # Without a secret anyone could forge tracking updates: refuse to start.
-        if len(value.get_secret_value()) < MIN_WEBHOOK_SECRET_LENGTH:
-            raise ValueError(
-                f"WAYBILL_CARRIER_WEBHOOK_SECRET must be set, at least "
-                f"{MIN_WEBHOOK_SECRET_LENGTH} characters (carrier webhooks are verified with it)"
+        if len(self.webhook_secret()) < MIN_WEBHOOK_SECRET_LENGTH:
+            variable = (
+                "WAYBILL_EASYPOST_WEBHOOK_SECRET"
+                if self.carrier_provider == "easypost"
+                else "WAYBILL_CARRIER_WEBHOOK_SECRET"
             )
-        return value
+            raise ValueError(
+                f"{variable} must be set, at least {MIN_WEBHOOK_SECRET_LENGTH} characters "
+                "(carrier webhooks are verified with it)"
+            )
+        return self

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
+
+import asyncpg
 
 from services.shipping.domain import tracking
 from services.shipping.domain.rating import choose_rate
 from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
-from shared.carriers import CarrierError, CarrierGateway, LabelRequest, Place, RateRequest
-from shared.carriers.base import Label, TrackingEvent
-from shared.carriers.resilience import RetryPolicy
-from shared.db import UnitOfWork
+from shared.carriers import CarrierError, LabelRequest, Place, RateRequest
+from shared.carriers.base import Label, Quotes, TrackingEvent
+from shared.carriers.purchase import Attempt, Choice, LabelPurchaser, Pick, PurchaseState
+from shared.db import UnitOfWork, unit_of_work
 from shared.db.notify import notify
 from shared.events import (
     OrderAccepted,
@@ -55,8 +58,9 @@ async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
 
 
 async def cancel_order(event: OrderCancelled, uow: UnitOfWork) -> None:
-    """No label is bought for a cancelled order, and an unused one is marked cancelled."""
-    await repo.cancel_shipments(uow.conn, event.order_id)
+    """No label is bought for a cancelled order, and one not yet scanned is voided."""
+    if await repo.cancel_shipments(uow.conn, event.order_id):
+        await notify(uow.conn, repo.VOIDS_CHANNEL)
 
 
 async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
@@ -82,66 +86,133 @@ async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
         await notify(uow.conn, repo.LABELS_CHANNEL)
 
 
-#: how label purchases back off between attempts
-LABEL_RETRY = RetryPolicy(base_seconds=0.5, cap_seconds=60.0)
-
-
-def retry_delay(attempts: int, error: CarrierError) -> float:
-    """Seconds before the next attempt of a purchase that failed ``attempts`` times."""
-    return LABEL_RETRY.delay(max(1, attempts), retry_after=error.retry_after)
-
-
 def origin_of(shipment: dict[str, Any]) -> Place:
     return Place(**shipment["ship_from"]) if shipment["ship_from"] else DEFAULT_ORIGIN
 
 
-async def choose_service(
-    shipment: dict[str, Any], *, gateway: CarrierGateway, now: datetime
-) -> dict[str, Any]:
-    """Rate-shop against the promise; the result is stored before any label is bought."""
-    ship_to = shipment["ship_to"]
-    rates = await gateway.rates(
-        RateRequest(
-            ship_from=origin_of(shipment),
-            ship_to=Place(country=ship_to["country"], postal_code=ship_to["postal_code"]),
-            parcels=shipment["parcels"],
-        )
-    )
-    chosen = choose_rate(rates, ship_at=now, deliver_by=shipment["deliver_by"])
-    if chosen is None:
-        raise CarrierError("no carrier quoted a rate", retryable=True)
-    return {
-        "carrier": chosen.rate.carrier,
-        "service": chosen.rate.service,
-        "estimated_delivery": chosen.estimated_delivery,
-        "at_risk": chosen.at_risk,
-        # one key per shipment and carrier: every retry with this carrier reuses it
-        "idempotency_key": f"waybill-{shipment['shipment_id']}-{chosen.rate.carrier}",
-    }
+def key_prefix_of(shipment: dict[str, Any]) -> str:
+    return f"waybill-{shipment['shipment_id']}"
 
 
-async def buy_label(shipment: dict[str, Any], *, gateway: CarrierGateway) -> Label:
-    return await gateway.buy_label(
-        LabelRequest(
+def purchase_state(shipment: dict[str, Any]) -> PurchaseState:
+    """A stored shipment as the purchaser sees it."""
+    choice = None
+    if shipment["carrier"] is not None:
+        choice = Choice(
             carrier=shipment["carrier"],
             service=shipment["service"],
-            ship_from=origin_of(shipment),
-            ship_to=shipment["ship_to"],
-            parcels=shipment["parcels"],
-            reference=shipment["order_id"],
-        ),
-        idempotency_key=shipment["idempotency_key"],
+            idempotency_key=shipment["idempotency_key"],
+        )
+    return PurchaseState(
+        key_prefix=key_prefix_of(shipment),
+        choice=choice,
+        pinned=shipment["carrier_pinned"],
+        attempts=shipment["attempts"],
     )
 
 
-async def record_label(uow: UnitOfWork, shipment: dict[str, Any], label: Label) -> None:
-    if not await repo.record_label(
+def rate_request(shipment: dict[str, Any], carriers: Collection[str] | None) -> RateRequest:
+    ship_to = shipment["ship_to"]
+    return RateRequest(
+        ship_from=origin_of(shipment),
+        ship_to=Place(country=ship_to["country"], postal_code=ship_to["postal_code"]),
+        parcels=shipment["parcels"],
+        carriers=tuple(sorted(carriers)) if carriers is not None else None,
+    )
+
+
+def pick_rate(quotes: Quotes, *, ship_at: datetime, deliver_by: datetime | None) -> Pick | None:
+    """Rate shopping against the promise (see domain.rating)."""
+    chosen = choose_rate(quotes.rates, ship_at=ship_at, deliver_by=deliver_by)
+    if chosen is None:
+        return None
+    return Pick(
+        carrier=chosen.rate.carrier,
+        service=chosen.rate.service,
+        details={"estimated_delivery": chosen.estimated_delivery, "at_risk": chosen.at_risk},
+    )
+
+
+def label_request(shipment: dict[str, Any], choice: Choice) -> LabelRequest:
+    return LabelRequest(
+        carrier=choice.carrier,
+        service=choice.service,
+        ship_from=origin_of(shipment),
+        ship_to=shipment["ship_to"],
+        parcels=shipment["parcels"],
+        reference=shipment["order_id"],
+    )
+
+
+async def buy_label_once(
+    shipment: dict[str, Any],
+    *,
+    purchaser: LabelPurchaser,
+    pool: asyncpg.Pool,
+    schema: str,
+    now: datetime,
+) -> Attempt:
+    """One try at the label of a leased shipment; its outcome is stored before returning."""
+
+    async def quote(carriers: Collection[str] | None) -> Quotes:
+        return await purchaser.gateway.rates(rate_request(shipment, carriers))
+
+    async def save_choice(choice: Choice) -> None:
+        async with pool.acquire() as conn:
+            await repo.choose_service(
+                conn,
+                shipment["shipment_id"],
+                carrier=choice.carrier,
+                service=choice.service,
+                estimated_delivery=choice.details["estimated_delivery"],
+                at_risk=choice.details["at_risk"],
+                idempotency_key=choice.idempotency_key,
+            )
+        shipment["at_risk"] = choice.details["at_risk"]
+
+    attempt = await purchaser.attempt(
+        purchase_state(shipment),
+        quote=quote,
+        choose=lambda quotes: pick_rate(quotes, ship_at=now, deliver_by=shipment["deliver_by"]),
+        label_request=lambda choice: label_request(shipment, choice),
+        save_choice=save_choice,
+    )
+    state = attempt.state
+    async with unit_of_work(pool, schema=schema) as uow:
+        if attempt.label is not None:
+            await record_label(uow, shipment, attempt.label, state)
+        elif attempt.exhausted:
+            await give_up_label(uow, shipment, state, attempt.error or "")
+        else:
+            await repo.save_attempt(
+                uow.conn,
+                shipment["shipment_id"],
+                chosen=state.choice is not None,
+                pinned=state.pinned,
+                attempts=state.attempts,
+                delay=timedelta(seconds=attempt.retry_in or 0),
+                error=attempt.error or "",
+            )
+    return attempt
+
+
+async def record_label(
+    uow: UnitOfWork, shipment: dict[str, Any], label: Label, state: PurchaseState
+) -> None:
+    outcome = await repo.record_label(
         uow.conn,
         shipment["shipment_id"],
         tracking_number=label.tracking_number,
         label_url=label.label_url,
         estimated_delivery=label.estimated_delivery,
-    ):
+        carrier_shipment_id=label.carrier_shipment_id,
+        attempts=state.attempts,
+        pinned=state.pinned,
+    )
+    if outcome == "void_pending":  # cancelled while we were buying: void it, announce nothing
+        await notify(uow.conn, repo.VOIDS_CHANNEL)
+        return
+    if outcome is None:
         return
     uow.emit(
         ShipmentLabelCreated(
@@ -155,6 +226,105 @@ async def record_label(uow: UnitOfWork, shipment: dict[str, Any], label: Label) 
             estimated_delivery=label.estimated_delivery,
             at_risk=shipment["at_risk"],
             lines=[ShipmentLine(**line) for line in shipment["lines"]],
+        )
+    )
+
+
+async def give_up_label(
+    uow: UnitOfWork, shipment: dict[str, Any], state: PurchaseState, error: str
+) -> None:
+    """The retry budget is spent: ``label_failed`` and a ``shipments.exception`` for ops."""
+    if not await repo.give_up_label(
+        uow.conn,
+        shipment["shipment_id"],
+        attempts=state.attempts,
+        pinned=state.pinned,
+        error=error,
+    ):
+        return
+    log.error(
+        "label for order %s failed %d times; waiting for ops (last error: %s)",
+        shipment["order_id"],
+        state.attempts,
+        error,
+    )
+    uow.emit(
+        ShipmentException(
+            order_id=shipment["order_id"],
+            shipment_id=shipment["shipment_id"],
+            status="label_failed",
+            detail=f"no label after {state.attempts} carrier calls; last error: {error}"[:1000],
+        )
+    )
+
+
+async def void_label_once(
+    shipment: dict[str, Any], *, purchaser: LabelPurchaser, pool: asyncpg.Pool, schema: str
+) -> None:
+    """One try at voiding the label of a cancelled order (or refusing, once scanned)."""
+    carrier = shipment["carrier"]
+    breaker = purchaser.breakers.of(carrier)
+    attempts = shipment["attempts"]
+    try:
+        if not breaker.allows_call():
+            raise CarrierError(f"carrier {carrier} is failing (circuit open)", retryable=True)
+        attempts += 1
+        carrier_shipment_id = shipment["carrier_shipment_id"]
+        if carrier_shipment_id is None:
+            # An unanswered purchase may have bought a label: replaying its key finds it
+            # (or buys it), so that it can be voided rather than left unpaid-for and unused.
+            state = purchase_state(shipment)
+            assert state.choice is not None
+            label = await purchaser.gateway.buy_label(
+                label_request(shipment, state.choice), idempotency_key=state.choice.idempotency_key
+            )
+            async with pool.acquire() as conn:
+                await repo.attach_label_to_void(
+                    conn,
+                    shipment["shipment_id"],
+                    tracking_number=label.tracking_number,
+                    label_url=label.label_url,
+                    carrier_shipment_id=label.carrier_shipment_id,
+                )
+            carrier_shipment_id = label.carrier_shipment_id
+            attempts += 1
+        await purchaser.gateway.cancel_label(carrier, carrier_shipment_id)
+    except CarrierError as exc:
+        if exc.retryable:
+            if exc.status != 429:
+                breaker.record_failure()
+        else:
+            breaker.release()
+        async with unit_of_work(pool, schema=schema) as uow:
+            if not exc.retryable or purchaser.retry.exhausted(attempts):
+                await refuse_void(uow, shipment, str(exc))
+                return
+            delay = purchaser.retry.delay(max(1, attempts), retry_after=exc.retry_after)
+            await repo.postpone_void(
+                uow.conn,
+                shipment["shipment_id"],
+                attempts=attempts,
+                delay=timedelta(seconds=delay),
+                error=str(exc),
+            )
+        return
+    breaker.record_success()
+    async with pool.acquire() as conn:
+        await repo.record_void(conn, shipment["shipment_id"])
+
+
+async def refuse_void(uow: UnitOfWork, shipment: dict[str, Any], error: str) -> None:
+    """The carrier will not void it (scanned already) or kept failing: ops must know."""
+    if not await repo.refuse_void(uow.conn, shipment["shipment_id"], error=error):
+        return
+    uow.emit(
+        ShipmentException(
+            order_id=shipment["order_id"],
+            shipment_id=shipment["shipment_id"],
+            status="void_refused",
+            detail=f"order cancelled, label {shipment['tracking_number']} not voided: {error}"[
+                :1000
+            ],
         )
     )
 

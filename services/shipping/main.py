@@ -9,7 +9,12 @@ from fastapi import FastAPI
 from services.shipping.api import router
 from services.shipping.config import ShippingSettings
 from services.shipping.consumers import build_consumer
-from services.shipping.workers import buy_labels, poll_tracking, watch_delivery_promises
+from services.shipping.workers import (
+    buy_labels,
+    poll_tracking,
+    void_labels,
+    watch_delivery_promises,
+)
 from shared import topics
 from shared.carriers import CarrierGateway
 from shared.carriers.wiring import attach_carrier_gateway
@@ -47,7 +52,7 @@ def build_runtime(
             topics.SHIPMENTS_EXCEPTION,
             topics.SLA_BREACHED,
         ],
-        workers=[buy_labels, watch_delivery_promises, poll_tracking],
+        workers=[buy_labels, void_labels, watch_delivery_promises, poll_tracking],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
@@ -56,7 +61,6 @@ def build_runtime(
     runtime.extras["sla_check_seconds"] = settings.sla_check_seconds
     runtime.extras["poll_after_seconds"] = settings.poll_after_seconds
     runtime.extras["poll_interval_seconds"] = settings.poll_interval_seconds
-    runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
     return runtime
 
 

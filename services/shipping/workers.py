@@ -10,6 +10,7 @@ from typing import Any
 from services.shipping import handlers
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierError, CarrierGateway
+from shared.carriers.purchase import LabelPurchaser
 from shared.db import unit_of_work
 from shared.db.notify import ChannelListener
 from shared.runtime import ServiceRuntime
@@ -22,7 +23,7 @@ POLLS_AT_ONCE = 50
 
 async def buy_labels(runtime: ServiceRuntime) -> None:
     """Buy the labels of packed shipments: woken by NOTIFY, polling as a fallback."""
-    gateway: CarrierGateway = runtime.extras["carriers"]
+    purchaser: LabelPurchaser = runtime.extras["purchaser"]
     lease = handlers.lease_for(runtime.extras["carrier_timeout_seconds"])
     async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
         while True:
@@ -31,37 +32,48 @@ async def buy_labels(runtime: ServiceRuntime) -> None:
             if not due:
                 await listener.wait(seconds=0.5)
                 continue
-            await asyncio.gather(*(_purchase(runtime, gateway, s) for s in due))
+            await asyncio.gather(*(_purchase(runtime, purchaser, s) for s in due))
 
 
 async def _purchase(
-    runtime: ServiceRuntime, gateway: CarrierGateway, shipment: dict[str, Any]
+    runtime: ServiceRuntime, purchaser: LabelPurchaser, shipment: dict[str, Any]
 ) -> None:
-    try:
-        if shipment["carrier"] is None:
-            choice = await handlers.choose_service(
-                shipment, gateway=gateway, now=runtime.clock.now()
-            )
-            async with runtime.pool.acquire() as conn:
-                await repo.choose_service(conn, shipment["shipment_id"], **choice)
-            shipment.update(choice)
-        label = await handlers.buy_label(shipment, gateway=gateway)
-    except CarrierError as exc:
-        delay = handlers.retry_delay(shipment["attempts"], exc)
+    attempt = await handlers.buy_label_once(
+        shipment,
+        purchaser=purchaser,
+        pool=runtime.pool,
+        schema=runtime.schema,
+        now=runtime.clock.now(),
+    )
+    if attempt.label is None and not attempt.exhausted:
         log.warning(
-            "label for %s failed (attempt %d, %s); next try in %.1f s",
+            "label for %s not bought (%d carrier calls so far): %s; next try in %.1f s",
             shipment["order_id"],
-            shipment["attempts"],
-            exc,
-            delay,
+            attempt.state.attempts,
+            attempt.error,
+            attempt.retry_in or 0,
         )
-        async with runtime.pool.acquire() as conn:
-            await repo.postpone(
-                conn, shipment["shipment_id"], delay=timedelta(seconds=delay), error=str(exc)
+
+
+async def void_labels(runtime: ServiceRuntime) -> None:
+    """Void the unused labels of cancelled orders."""
+    purchaser: LabelPurchaser = runtime.extras["purchaser"]
+    lease = handlers.lease_for(runtime.extras["carrier_timeout_seconds"])
+    async with ChannelListener(runtime.dsn, repo.VOIDS_CHANNEL) as listener:
+        while True:
+            async with runtime.pool.acquire() as conn:
+                due = await repo.lease_due_voids(conn, limit=PURCHASES_AT_ONCE, lease=lease)
+            if not due:
+                await listener.wait(seconds=1.0)
+                continue
+            await asyncio.gather(
+                *(
+                    handlers.void_label_once(
+                        s, purchaser=purchaser, pool=runtime.pool, schema=runtime.schema
+                    )
+                    for s in due
+                )
             )
-        return
-    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
-        await handlers.record_label(uow, shipment, label)
 
 
 async def watch_delivery_promises(runtime: ServiceRuntime) -> None:

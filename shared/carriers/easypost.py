@@ -22,6 +22,7 @@ from shared.carriers.base import (
     Label,
     LabelRequest,
     Place,
+    Quotes,
     Rate,
     RateRequest,
     TrackingEvent,
@@ -159,9 +160,10 @@ class EasyPostCarrierGateway:
 
     # --- rates -------------------------------------------------------------------------
 
-    async def rates(self, request: RateRequest) -> list[Rate]:
+    async def rates(self, request: RateRequest) -> Quotes:
         # ASSUMPTION: creating a Shipment is how EasyPost rates; it returns ``rates`` inline
-        # (unpurchased shipments cost nothing).
+        # (unpurchased shipments cost nothing), and carriers that failed to quote as
+        # ``messages`` ({carrier, type: "rate_error", message}).
         shipment = await self._call(
             "POST",
             "/v2/shipments",
@@ -169,7 +171,28 @@ class EasyPostCarrierGateway:
                 "shipment": self._shipment_body(request.ship_from, request.ship_to, request.parcels)
             },
         )
-        return [_rate(r) for r in shipment.get("rates") or []]
+        wanted = set(request.carriers) if request.carriers is not None else None
+        rates = [_rate(r) for r in shipment.get("rates") or []]
+        unavailable = {
+            str(m["carrier"]): str(m.get("message") or m.get("type") or "no rate")
+            for m in shipment.get("messages") or []
+            if isinstance(m, dict) and m.get("carrier")
+        }
+        if wanted is not None:
+            rates = [r for r in rates if r.carrier in wanted]
+            unavailable = {c: why for c, why in unavailable.items() if c in wanted}
+        return Quotes(rates, unavailable)
+
+    async def cancel_label(self, carrier: str, carrier_shipment_id: str) -> None:
+        """Ask EasyPost for a refund of the unused label (it voids it with the carrier)."""
+        del carrier
+        # ASSUMPTION: POST /v2/shipments/{id}/refund answers the Shipment with
+        # ``refund_status`` "submitted", "refunded" or "rejected".
+        shipment = await self._call("POST", f"/v2/shipments/{carrier_shipment_id}/refund")
+        if shipment.get("refund_status") == "rejected":
+            raise CarrierError(
+                f"EasyPost rejected the refund of {carrier_shipment_id}", retryable=False
+            )
 
     # --- labels ------------------------------------------------------------------------
 

@@ -2,6 +2,12 @@
 
 Timeouts, transport errors, 429 and 5xx may succeed later (retryable; 429 carries its
 Retry-After); other 4xx will not.
+
+Whether the carrier may have acted on the request anyway (``maybe_processed``) decides if a
+label purchase may move to another carrier. Not processed: the connection was never made
+(connect errors and timeouts, pool timeouts), 429 and 503 (RFC 9110: the server did not
+handle the request), other 4xx (refused). Maybe processed: the request was sent and the
+answer lost (read or write timeouts, a dropped connection), other 5xx, an unreadable 2xx.
 """
 
 from __future__ import annotations
@@ -12,6 +18,14 @@ from typing import Any
 import httpx
 
 from shared.carriers.base import CarrierError
+
+#: failures before a single byte of the request reached the carrier
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
 
 
 def retry_after_of(response: httpx.Response) -> float | None:
@@ -38,19 +52,36 @@ async def call_carrier(
 ) -> dict[str, Any]:
     try:
         response = await client.request(method, path, **kwargs)
+    except _NEVER_SENT as exc:
+        raise CarrierError(f"{method} {path} not sent: {exc!r}", retryable=True) from exc
     except httpx.TimeoutException as exc:
-        raise CarrierError(f"{method} {path} timed out", retryable=True) from exc
-    except httpx.TransportError as exc:
-        raise CarrierError(f"{method} {path} failed: {exc}", retryable=True) from exc
-    if response.status_code == 429:
-        raise CarrierError("rate limited", retryable=True, retry_after=retry_after_of(response))
-    if response.status_code >= 400:
         raise CarrierError(
-            f"{method} {path}: {response.status_code} {error_text(response)}".rstrip(),
-            retryable=response.status_code >= 500,
+            f"{method} {path} timed out", retryable=True, maybe_processed=True
+        ) from exc
+    except httpx.TransportError as exc:
+        raise CarrierError(
+            f"{method} {path} failed: {exc!r}", retryable=True, maybe_processed=True
+        ) from exc
+    status = response.status_code
+    if status == 429:
+        raise CarrierError(
+            "rate limited", retryable=True, retry_after=retry_after_of(response), status=429
+        )
+    if status >= 400:
+        raise CarrierError(
+            f"{method} {path}: {status} {error_text(response)}".rstrip(),
+            retryable=status >= 500,
+            retry_after=retry_after_of(response) if status == 503 else None,
+            maybe_processed=status >= 500 and status != 503,
+            status=status,
         )
     try:
         body: dict[str, Any] = response.json()
     except ValueError as exc:
-        raise CarrierError(f"{method} {path}: unreadable answer", retryable=True) from exc
+        raise CarrierError(
+            f"{method} {path}: unreadable answer",
+            retryable=True,
+            maybe_processed=True,
+            status=status,
+        ) from exc
     return body

@@ -32,6 +32,8 @@ class CircuitBreaker:
     consecutive_failures: int = 0
     opened_at: float | None = None
     trial_in_flight: bool = False
+    #: when the trial call went out: a trial never reported back is given up after a period
+    trial_started_at: float | None = None
     #: how often it opened and closed, for metrics and tests
     transitions: list[BreakerState] = field(default_factory=list)
 
@@ -47,20 +49,39 @@ class CircuitBreaker:
             self.state = state
             self.transitions.append(state)
 
+    def seconds_until_trial(self) -> float:
+        """How long it stays open (0 when calls, or a trial, may go out now)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        assert self.opened_at is not None
+        return max(0.0, self.opened_at + self.open_seconds - self._now())
+
+    def may_try(self) -> bool:
+        """Whether it is worth asking this carrier (no state change: see allows_call)."""
+        return self.seconds_until_trial() == 0.0
+
     def allows_call(self) -> bool:
         """Whether a call may go out now; in half-open, only the single trial call may."""
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN:
-            assert self.opened_at is not None
-            if self._now() - self.opened_at < self.open_seconds:
+            if self.seconds_until_trial() > 0:
                 return False
             self._move(BreakerState.HALF_OPEN)
             self.trial_in_flight = False
         if self.trial_in_flight:
-            return False
+            assert self.trial_started_at is not None
+            if self._now() - self.trial_started_at < self.open_seconds:
+                return False
+            # the trial never reported back (its caller died): let another one through
         self.trial_in_flight = True
+        self.trial_started_at = self._now()
         return True
+
+    def release(self) -> None:
+        """A call that says nothing about the carrier's health (rate limited, refused as
+        invalid): it neither closes nor opens the breaker, and gives back the trial."""
+        self.trial_in_flight = False
 
     def record_success(self) -> None:
         self.consecutive_failures = 0
@@ -88,6 +109,10 @@ class CarrierBreakers:
     failure_threshold: int = 5
     open_seconds: float = 30.0
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+    def open_carriers(self) -> set[str]:
+        """Carriers not to be asked now."""
+        return {name for name, breaker in self.breakers.items() if not breaker.may_try()}
 
     def of(self, carrier: str) -> CircuitBreaker:
         if carrier not in self.breakers:

@@ -12,6 +12,7 @@ import httpx
 from shared.carriers.base import (
     Label,
     LabelRequest,
+    Quotes,
     Rate,
     RateRequest,
     TrackingEvent,
@@ -31,17 +32,16 @@ class SandboxCarrierGateway:
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return await call_carrier(self._client, method, path, **kwargs)
 
-    async def rates(self, request: RateRequest) -> list[Rate]:
-        body = await self._call(
-            "POST",
-            "/v1/rates",
-            json={
-                "ship_from": vars(request.ship_from),
-                "ship_to": vars(request.ship_to),
-                "parcels": request.parcels,
-            },
-        )
-        return [
+    async def rates(self, request: RateRequest) -> Quotes:
+        query: dict[str, object] = {
+            "ship_from": vars(request.ship_from),
+            "ship_to": vars(request.ship_to),
+            "parcels": request.parcels,
+        }
+        if request.carriers is not None:
+            query["carriers"] = list(request.carriers)
+        body = await self._call("POST", "/v1/rates", json=query)
+        rates = [
             Rate(
                 carrier=r["carrier"],
                 service=r["service"],
@@ -51,6 +51,8 @@ class SandboxCarrierGateway:
             )
             for r in body["rates"]
         ]
+        unavailable = {u["carrier"]: u["reason"] for u in body.get("unavailable") or []}
+        return Quotes(rates, unavailable)
 
     async def buy_label(self, request: LabelRequest, *, idempotency_key: str) -> Label:
         body = await self._call(
@@ -76,6 +78,10 @@ class SandboxCarrierGateway:
             price=Decimal(str(body["price"])),
             currency=body["currency"],
         )
+
+    async def cancel_label(self, carrier: str, carrier_shipment_id: str) -> None:
+        del carrier  # one API for every sandbox carrier
+        await self._call("POST", f"/v1/shipments/{carrier_shipment_id}/cancel")
 
     async def track(self, tracking_number: str) -> list[TrackingEvent]:
         body = await self._call("GET", f"/v1/trackers/{tracking_number}")

@@ -71,10 +71,22 @@ class ShipmentDelivered(Event):
     lines: list[ShipmentLine] = Field(default_factory=list)
 
 
+#: what went wrong with a label rather than a parcel (an addition to the contract's
+#: tracking vocabulary, see docs/architecture.md)
+LabelProblem = Literal["label_failed", "void_refused"]
+
+
 class ShipmentException(Event):
+    """A shipment that needs attention: a parcel in trouble, or a label problem.
+
+    ``status`` is a tracking status, or ``label_failed`` (the retry budget is spent) or
+    ``void_refused`` (a cancelled order's label could not be voided, usually because the
+    parcel was already scanned).
+    """
+
     TOPIC = topics.SHIPMENTS_EXCEPTION
 
     order_id: OrderId
     shipment_id: UUID
-    status: TrackingStatus
+    status: TrackingStatus | LabelProblem
     detail: str

@@ -18,14 +18,23 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
+from services.shipping.config import ShippingSettings
+from shared import topics
 from shared.carriers.base import CarrierError, LabelRequest, Place, RateRequest
 from shared.carriers.easypost import EasyPostCarrierGateway
+from shared.carriers.sandbox import SandboxCarrierGateway
+from shared.carriers.wiring import gateway_for
 from shared.signing import WebhookSignatureError
+from tests.conftest import MakeSystem
+from tests.factories import order_accepted, order_packed
 from tests.support import serving
+from waybill.system import bind_socket
 
 API_KEY = "EZTK_test_key"
 # Precomposed "é": EasyPost normalises the secret with NFKD, so the key bytes differ.
@@ -111,6 +120,14 @@ class FakeEasyPost:
                         "delivery_date": "2030-01-08T18:00:00Z",
                     },
                 ],
+                "messages": [
+                    {
+                        "carrier": "FedEx",
+                        "carrier_account_id": "ca_fedex",
+                        "type": "rate_error",
+                        "message": "service unavailable",
+                    }
+                ],
                 "selected_rate": None,
                 "postage_label": None,
                 "tracking_code": None,
@@ -145,6 +162,13 @@ class FakeEasyPost:
                 tracker={"object": "Tracker", "id": f"trk_{code}", "est_delivery_date": None},
             )
             self.purchases_by_key[key] = shipment
+            return JSONResponse(shipment)
+
+        @app.post("/v2/shipments/{shipment_id}/refund")
+        async def refund(shipment_id: str) -> JSONResponse:
+            shipment = self.shipments[shipment_id]
+            scanned = (shipment.get("tracker") or {}).get("status") not in (None, "pre_transit")
+            shipment["refund_status"] = "rejected" if scanned else "submitted"
             return JSONResponse(shipment)
 
         @app.get("/v2/trackers")
@@ -215,7 +239,9 @@ def error(status: int, headers: dict[str, str] | None = None) -> Callable[[], JS
 
 
 async def test_rates_map_money_as_decimal_and_transit_days(ep: Running) -> None:
-    rates = await ep.gateway.rates(RATE_REQUEST)
+    quotes = await ep.gateway.rates(RATE_REQUEST)
+    rates = quotes.rates
+    assert quotes.unavailable == {"FedEx": "service unavailable"}
     assert [(r.carrier, r.service) for r in rates] == [("USPS", "Priority"), ("UPS", "Ground")]
     usps, ups = rates
     assert usps.price == Decimal("7.58") and isinstance(usps.price, Decimal)
@@ -229,6 +255,14 @@ async def test_rates_map_money_as_decimal_and_transit_days(ep: Running) -> None:
     assert shipment["to_address"] == {"country": "US", "zip": "10001"}
     # grams -> ounces, millimetres -> inches
     assert shipment["parcel"] == {"weight": 40.0, "length": 10.0, "width": 8.0, "height": 4.0}
+
+
+async def test_rates_of_chosen_carriers_only(ep: Running) -> None:
+    quotes = await ep.gateway.rates(
+        RateRequest(RATE_REQUEST.ship_from, RATE_REQUEST.ship_to, [PARCEL], carriers=("UPS",))
+    )
+    assert [r.carrier for r in quotes.rates] == ["UPS"]
+    assert quotes.unavailable == {}
 
 
 async def test_wrong_api_key_is_not_retryable(ep: Running) -> None:
@@ -282,6 +316,19 @@ async def test_buy_label_forwards_the_key_and_maps_the_label(ep: Running) -> Non
     ]
 
 
+async def test_cancel_label_asks_for_a_refund(ep: Running) -> None:
+    label = await ep.gateway.buy_label(label_request(), idempotency_key="k-void")
+    await ep.gateway.cancel_label(label.carrier, label.carrier_shipment_id)
+    method, path, _, _ = ep.fake.requests[-1]
+    assert (method, path) == ("POST", f"/v2/shipments/{label.carrier_shipment_id}/refund")
+    assert ep.fake.shipments[label.carrier_shipment_id]["refund_status"] == "submitted"
+
+    ep.fake.shipments[label.carrier_shipment_id]["tracker"]["status"] = "in_transit"
+    with pytest.raises(CarrierError) as caught:
+        await ep.gateway.cancel_label(label.carrier, label.carrier_shipment_id)
+    assert caught.value.retryable is False and "rejected" in str(caught.value)
+
+
 async def test_delivery_date_and_unknown_service(ep: Running) -> None:
     ups = await ep.gateway.buy_label(label_request("UPS", "Ground"), idempotency_key="k-ups")
     assert ups.estimated_delivery == datetime(2030, 1, 8, 18, tzinfo=UTC)
@@ -298,6 +345,7 @@ async def test_429_is_retryable_with_retry_after(ep: Running) -> None:
     with pytest.raises(CarrierError) as caught:
         await ep.gateway.rates(RATE_REQUEST)
     assert caught.value.retryable is True and caught.value.retry_after == 7.0
+    assert caught.value.maybe_processed is False  # refused: safe to go elsewhere
 
 
 async def test_500_is_retryable(ep: Running) -> None:
@@ -305,6 +353,15 @@ async def test_500_is_retryable(ep: Running) -> None:
     with pytest.raises(CarrierError) as caught:
         await ep.gateway.buy_label(label_request(), idempotency_key="k")
     assert caught.value.retryable is True and caught.value.retry_after is None
+    assert caught.value.maybe_processed is True  # it may have bought the label
+
+
+async def test_503_was_not_processed(ep: Running) -> None:
+    ep.fake.fault = error(503, {"Retry-After": "3"})
+    with pytest.raises(CarrierError) as caught:
+        await ep.gateway.buy_label(label_request(), idempotency_key="k")
+    assert caught.value.retryable is True and caught.value.maybe_processed is False
+    assert caught.value.retry_after == 3.0
 
 
 async def test_422_is_not_retryable(ep: Running) -> None:
@@ -322,7 +379,23 @@ async def test_timeout_is_retryable(ep: Running) -> None:
     with pytest.raises(CarrierError) as caught:
         await ep.gateway.rates(RATE_REQUEST)
     assert caught.value.retryable is True and "timed out" in str(caught.value)
+    assert caught.value.maybe_processed is True
     assert loop.time() - started < 5
+
+
+async def test_refused_connection_was_not_processed() -> None:
+    sock = bind_socket("127.0.0.1", 0)  # bound, never listening: connections are refused
+    port = sock.getsockname()[1]
+    gateway = EasyPostCarrierGateway(
+        API_KEY, webhook_secret=WEBHOOK_SECRET, base_url=f"http://127.0.0.1:{port}"
+    )
+    try:
+        with pytest.raises(CarrierError) as caught:
+            await gateway.rates(RATE_REQUEST)
+    finally:
+        await gateway.close()
+        sock.close()
+    assert caught.value.retryable is True and caught.value.maybe_processed is False
 
 
 async def test_more_than_one_parcel_is_refused(ep: Running) -> None:
@@ -462,3 +535,68 @@ def test_signed_but_unreadable_webhook_is_refused() -> None:
     body = b'{"object": "Event", "result": {"object": "Batch"}}'
     with pytest.raises(WebhookSignatureError):
         gateway.parse_webhook({"x-hmac-signature": sign(WEBHOOK_SECRET, body)}, body, now=0)
+
+
+# --- the provider chosen by configuration ------------------------------------------------
+
+
+async def test_shipping_configured_for_easypost_buys_and_tracks_through_it(
+    ep: Running, make_system: MakeSystem, event_log_factory, publisher_factory
+) -> None:
+    secret = "easypost-webhook-secret-0123"
+    system = await make_system(
+        services=["shipping"],
+        with_sandbox=False,
+        service_overrides={
+            "carrier_provider": "easypost",
+            "easypost_api_key": API_KEY,
+            "easypost_url": ep.base_url,
+            "easypost_webhook_secret": secret,
+        },
+    )
+    log = await event_log_factory(
+        system.config.kafka, [topics.SHIPMENTS_LABEL_CREATED, topics.SHIPMENTS_SHIPPED]
+    )
+    shop = await publisher_factory(system.config.kafka)
+    order = order_accepted(country="US", postal_code="10001")
+    oid = order["order_id"]
+    await shop.send(topics.ORDERS_ACCEPTED, order, key=oid)
+    await shop.send(topics.ORDERS_PACKED, order_packed(oid), key=oid)
+
+    label = (await log.wait(topics.SHIPMENTS_LABEL_CREATED, order_id=oid))[0]
+    assert (label["carrier"], label["service"]) == ("USPS", "Priority")  # the cheapest
+    assert ep.fake.labels_bought == 1
+    (buy,) = [r for r in ep.fake.requests if r[1].endswith("/buy")]
+    assert buy[2]["idempotency-key"].startswith("waybill-")
+
+    tn = label["tracking_number"]
+    body = json.dumps(
+        {
+            "object": "Event",
+            "id": "evt_1",
+            "description": "tracker.updated",
+            "result": {**tracker(tn, SCANS[:2]), "tracking_code": tn},
+        }
+    ).encode()
+    url = f"{system.urls['shipping']}/webhooks/carriers/easypost"
+    async with httpx.AsyncClient(timeout=10) as http:
+        forged = await http.post(url, content=body, headers={"X-Hmac-Signature": sign("x", body)})
+        assert forged.status_code == 401
+        r = await http.post(url, content=body, headers={"X-Hmac-Signature": sign(secret, body)})
+        assert r.status_code == 202, r.text
+    shipped = (await log.wait(topics.SHIPMENTS_SHIPPED, order_id=oid))[0]
+    assert shipped["tracking_number"] == tn and shipped["carrier"] == "USPS"
+
+
+def test_the_easypost_provider_needs_a_key_and_a_webhook_secret() -> None:
+    with pytest.raises(ValidationError, match="WAYBILL_EASYPOST_API_KEY"):
+        ShippingSettings(carrier_provider="easypost", carrier_webhook_secret="s" * 32)
+    with pytest.raises(ValidationError, match="WAYBILL_EASYPOST_WEBHOOK_SECRET"):
+        ShippingSettings(carrier_provider="easypost", easypost_api_key="EZTK")
+    settings = ShippingSettings(
+        carrier_provider="easypost", easypost_api_key="EZTK", easypost_webhook_secret="e" * 16
+    )
+    assert isinstance(gateway_for(settings), EasyPostCarrierGateway)
+    assert isinstance(
+        gateway_for(ShippingSettings(carrier_webhook_secret="s" * 16)), SandboxCarrierGateway
+    )

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,6 +18,7 @@ from waybill.carrier_sandbox.carriers import CARRIERS
 from waybill.carrier_sandbox.models import (
     ErrorBody,
     FaultSettings,
+    LabelList,
     RateRequest,
     RateResponse,
     SandboxConfig,
@@ -29,7 +30,12 @@ from waybill.carrier_sandbox.models import (
     TrackingEventRequest,
     WebhookLog,
 )
-from waybill.carrier_sandbox.sandbox import IdempotencyConflict, InjectedFault, Sandbox
+from waybill.carrier_sandbox.sandbox import (
+    IdempotencyConflict,
+    InjectedFault,
+    LabelAlreadyUsed,
+    Sandbox,
+)
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 _MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -90,6 +96,10 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
     async def injected_fault(_: Request, fault: InjectedFault) -> JSONResponse:
         return JSONResponse({"detail": fault.detail}, fault.status_code, headers=fault.headers)
 
+    @app.exception_handler(LabelAlreadyUsed)
+    async def label_already_used(_: Request, refused: LabelAlreadyUsed) -> JSONResponse:
+        return JSONResponse({"detail": str(refused)}, 409)
+
     @app.exception_handler(IdempotencyConflict)
     async def idempotency_conflict(_: Request, conflict: IdempotencyConflict) -> JSONResponse:
         return JSONResponse({"detail": str(conflict)}, 422)
@@ -144,7 +154,7 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
                 f"the {IDEMPOTENCY_KEY_HEADER} header is required "
                 f"(1 to {_MAX_IDEMPOTENCY_KEY_LENGTH} characters)",
             )
-        decision = await sandbox.apply_faults([request.carrier])
+        decision = await sandbox.apply_faults([request.carrier], key=key)
         shipment, created = sandbox.buy_label(key, request)
         if not created:
             response.status_code = 200
@@ -152,6 +162,25 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
         # A timeout strikes after the label is bought: the answer is lost, not the label.
         await _hang_if_timed_out(decision.hang_seconds)
         return shipment
+
+    @app.post(
+        "/v1/shipments/{shipment_id}/cancel",
+        tags=["carrier"],
+        responses={
+            404: {"model": ErrorBody},
+            409: {"model": ErrorBody, "description": "the parcel was scanned: too late"},
+        },
+    )
+    async def cancel_label(shipment_id: str) -> Shipment:
+        """Void an unused label; cancelling a cancelled label again answers the same."""
+        decision = await sandbox.apply_faults(
+            _fault_scope(sandbox, sandbox.carrier_of_shipment(shipment_id))
+        )
+        cancelled = sandbox.cancel_label(shipment_id)
+        if cancelled is None:
+            raise HTTPException(404, "no such shipment")
+        await _hang_if_timed_out(decision.hang_seconds)
+        return cancelled
 
     @app.get(
         "/v1/labels/{shipment_id}.pdf",
@@ -224,6 +253,15 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
     @app.get("/sandbox/webhooks", tags=["sandbox"])
     async def webhooks() -> WebhookLog:
         return WebhookLog(attempts=list(sandbox.webhook_attempts))
+
+    @app.get("/sandbox/labels", tags=["sandbox"])
+    async def labels(
+        reference: str | None = None,
+        carrier: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> LabelList:
+        """Labels bought so far (newest last): who bought what, with which key."""
+        return LabelList(labels=sandbox.labels(reference=reference, carrier=carrier, limit=limit))
 
     @app.get("/sandbox/stats", tags=["sandbox"])
     async def stats() -> Stats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -171,6 +171,25 @@ class Shipment(BaseModel):
     currency: str
     reference: str | None = None
     created_at: datetime
+    status: Literal["purchased", "cancelled"] = "purchased"
+    cancelled_at: datetime | None = None
+
+
+class LabelRecord(BaseModel):
+    """A label as the sandbox's inspector lists it (GET /sandbox/labels)."""
+
+    shipment_id: UUID
+    carrier: str
+    service: str
+    tracking_number: str
+    reference: str | None
+    idempotency_key: str
+    status: Literal["purchased", "cancelled"]
+    created_at: datetime
+
+
+class LabelList(BaseModel):
+    labels: list[LabelRecord]
 
 
 class TrackingEvent(BaseModel):
@@ -247,6 +266,13 @@ class Stats(BaseModel):
     outages: int
     webhooks_attempted: int
     webhooks_delivered: int
+    labels_cancelled: int = Field(description="labels voided through POST .../cancel")
+    retry_after_honoured: int = Field(
+        description="label requests that came back after a 429 no sooner than its Retry-After"
+    )
+    retry_after_violations: int = Field(
+        description="label requests that came back after a 429 before its Retry-After"
+    )
 
 
 class ErrorBody(BaseModel):

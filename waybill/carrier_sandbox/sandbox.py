@@ -33,6 +33,7 @@ from waybill.carrier_sandbox.carriers import (
 from waybill.carrier_sandbox.labels import LabelContent, render_label_pdf
 from waybill.carrier_sandbox.models import (
     FaultSettings,
+    LabelRecord,
     Parcel,
     RateRequest,
     SandboxConfig,
@@ -90,6 +91,15 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used with a different request body."""
 
 
+class LabelAlreadyUsed(Exception):
+    """A label the carrier has scanned cannot be voided any more."""
+
+
+#: a client coming back this much before its Retry-After is still counted as honouring it
+#: (the client's and the sandbox's clocks tick separately)
+_RETRY_AFTER_TOLERANCE_SECONDS = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class FaultDecision:
     """What faults do to one request: answer with a failure, or hang before answering."""
@@ -102,6 +112,7 @@ class FaultDecision:
 class _StoredShipment:
     shipment: Shipment
     request: ShipmentRequest
+    idempotency_key: str
 
 
 @dataclass(slots=True)
@@ -153,6 +164,10 @@ class Sandbox:
         # The newest attempts only: a long demo run must not grow without bound.
         self.webhook_attempts: deque[WebhookAttempt] = deque(maxlen=_WEBHOOK_LOG_SIZE)
         self.webhook_counts: Counter[str] = Counter()
+        # idempotency key -> monotonic time before which a 429 asked it not to come back
+        self._retry_not_before: dict[str, float] = {}
+        self.retry_after_counts: Counter[str] = Counter()
+        self.labels_cancelled = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
         self._closed = False
@@ -217,12 +232,37 @@ class Sandbox:
             return "errors", InjectedFault(500, "internal carrier error (injected)")
         return None
 
-    async def apply_faults(self, carriers: list[str], *, partial: bool = False) -> FaultDecision:
+    def _check_retry_after(self, key: str) -> None:
+        """Count whether a request that was told to wait (429) waited long enough."""
+        not_before = self._retry_not_before.pop(key, None)
+        if not_before is None:
+            return
+        early = time.monotonic() < not_before - _RETRY_AFTER_TOLERANCE_SECONDS
+        self.retry_after_counts["violations" if early else "honoured"] += 1
+        if early:
+            logger.warning("request with Idempotency-Key %s came back before its Retry-After", key)
+
+    async def apply_faults(
+        self, carriers: list[str], *, partial: bool = False, key: str | None = None
+    ) -> FaultDecision:
         """Decide and apply the injected faults for a request concerning `carriers`.
 
         Raises InjectedFault when the request is to fail. With `partial` (rating several
         carriers at once) and only some carriers covered, those are left out instead.
+        With an idempotency `key`, a 429 is remembered and the request's return checked
+        against its Retry-After.
         """
+        if key is not None:
+            self._check_retry_after(key)
+        try:
+            return await self._apply_faults(carriers, partial=partial)
+        except InjectedFault as fault:
+            retry_after = fault.headers.get("Retry-After")
+            if key is not None and fault.status_code == 429 and retry_after is not None:
+                self._retry_not_before[key] = time.monotonic() + float(retry_after)
+            raise
+
+    async def _apply_faults(self, carriers: list[str], *, partial: bool) -> FaultDecision:
         faults = self.faults
         covered = [carrier for carrier in carriers if faults.covers(carrier)]
         if not covered:
@@ -322,7 +362,9 @@ class Sandbox:
             reference=request.reference,
             created_at=now,
         )
-        self._shipments[shipment_id] = _StoredShipment(shipment=shipment, request=request)
+        self._shipments[shipment_id] = _StoredShipment(
+            shipment=shipment, request=request, idempotency_key=idempotency_key
+        )
         self._idempotency[idempotency_key] = (fingerprint, shipment_id)
         self._trackers[tracking_number] = _StoredTracker(
             tracking_number=tracking_number, carrier=tariff.carrier, shipment_id=shipment_id
@@ -345,6 +387,51 @@ class Sandbox:
         except ValueError:
             return None
         return stored.shipment if stored is not None else None
+
+    def cancel_label(self, shipment_id: str) -> Shipment | None:
+        """Void a label nobody has scanned yet (idempotent); None for an unknown shipment."""
+        shipment = self.shipment(shipment_id)
+        if shipment is None:
+            return None
+        if shipment.status == "cancelled":
+            return shipment
+        tracker = self._trackers[shipment.tracking_number]
+        if tracker.status() != "pre_transit":
+            raise LabelAlreadyUsed(
+                f"label {shipment.tracking_number} is {tracker.status()}: too late to void it"
+            )
+        stored = self._shipments[shipment.shipment_id]
+        stored.shipment = shipment.model_copy(
+            update={"status": "cancelled", "cancelled_at": self.clock.now()}
+        )
+        self.labels_cancelled += 1
+        self.record_event(shipment.tracking_number, "cancelled", description="Label voided")
+        return stored.shipment
+
+    def labels(
+        self, *, reference: str | None = None, carrier: str | None = None, limit: int = 1000
+    ) -> list[LabelRecord]:
+        """Bought labels, newest last, for inspecting what a client did."""
+        found = []
+        for stored in self._shipments.values():
+            shipment = stored.shipment
+            if reference is not None and shipment.reference != reference:
+                continue
+            if carrier is not None and shipment.carrier != carrier:
+                continue
+            found.append(
+                LabelRecord(
+                    shipment_id=shipment.shipment_id,
+                    carrier=shipment.carrier,
+                    service=shipment.service,
+                    tracking_number=shipment.tracking_number,
+                    reference=shipment.reference,
+                    idempotency_key=stored.idempotency_key,
+                    status=shipment.status,
+                    created_at=shipment.created_at,
+                )
+            )
+        return found[-limit:]
 
     def carrier_of_shipment(self, shipment_id: str) -> str | None:
         shipment = self.shipment(shipment_id)
@@ -495,4 +582,7 @@ class Sandbox:
             outages=self.fault_counts["outages"],
             webhooks_attempted=self.webhook_counts["attempted"],
             webhooks_delivered=self.webhook_counts["delivered"],
+            labels_cancelled=self.labels_cancelled,
+            retry_after_honoured=self.retry_after_counts["honoured"],
+            retry_after_violations=self.retry_after_counts["violations"],
         )

@@ -9,6 +9,7 @@ from uuid import UUID
 from shared.db.uow import Connection
 
 LABELS_CHANNEL = "waybill_shipping_labels"
+VOIDS_CHANNEL = "waybill_shipping_voids"
 
 
 async def remember_order(
@@ -100,7 +101,7 @@ async def lease_due_shipments(
             FOR UPDATE SKIP LOCKED
         )
         UPDATE shipments s
-           SET next_attempt_at = now() + $2::interval, attempts = s.attempts + 1
+           SET next_attempt_at = now() + $2::interval
           FROM due, shipping_orders o
          WHERE s.shipment_id = due.shipment_id AND o.order_id = s.order_id
         RETURNING s.*, o.deliver_by, o.ship_to, o.service_level
@@ -143,30 +144,177 @@ async def record_label(
     tracking_number: str,
     label_url: str,
     estimated_delivery: datetime,
-) -> bool:
-    status = await conn.execute(
+    carrier_shipment_id: str,
+    attempts: int,
+    pinned: bool,
+) -> str | None:
+    """Keep a bought label. Returns the new state: ``label_created``, or ``void_pending``
+    when the order was cancelled while the purchase was under way (the label is voided);
+    None if this label was recorded already."""
+    state: str | None = await conn.fetchval(
         """
         UPDATE shipments
-           SET state = 'label_created', tracking_status = 'pre_transit', tracking_number = $2,
-               label_url = $3, estimated_delivery = $4, label_created_at = now(),
+           SET state = CASE WHEN state = 'label_pending' THEN 'label_created'
+                            ELSE 'void_pending' END,
+               tracking_status = 'pre_transit', tracking_number = $2, label_url = $3,
+               estimated_delivery = $4, carrier_shipment_id = $5, attempts = $6,
+               carrier_pinned = $7, label_created_at = now(), next_attempt_at = now(),
                last_error = NULL
-         WHERE shipment_id = $1 AND state = 'label_pending'
+         WHERE shipment_id = $1 AND tracking_number IS NULL
+           AND state IN ('label_pending', 'cancelled', 'void_pending')
+        RETURNING state
         """,
         shipment_id,
         tracking_number,
         label_url,
         estimated_delivery,
+        carrier_shipment_id,
+        attempts,
+        pinned,
+    )
+    return state
+
+
+async def save_attempt(
+    conn: Connection,
+    shipment_id: UUID,
+    *,
+    chosen: bool,
+    pinned: bool,
+    attempts: int,
+    delay: timedelta,
+    error: str,
+) -> None:
+    """After a try without a label: the budget used, whether the choice still stands."""
+    await conn.execute(
+        """
+        UPDATE shipments
+           SET attempts = $2, carrier_pinned = $3, next_attempt_at = now() + $4::interval,
+               last_error = $5,
+               carrier = CASE WHEN $6 THEN carrier END,
+               service = CASE WHEN $6 THEN service END
+         WHERE shipment_id = $1 AND state = 'label_pending'
+        """,
+        shipment_id,
+        attempts,
+        pinned,
+        delay,
+        error[:1000],
+        chosen,
+    )
+
+
+async def give_up_label(
+    conn: Connection, shipment_id: UUID, *, attempts: int, pinned: bool, error: str
+) -> bool:
+    """The retry budget is spent: the purchase waits for ops (``label_failed``)."""
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'label_failed', attempts = $2, carrier_pinned = $3,
+                             last_error = $4
+         WHERE shipment_id = $1 AND state = 'label_pending'
+        """,
+        shipment_id,
+        attempts,
+        pinned,
+        error[:1000],
     )
     return status == "UPDATE 1"
 
 
-async def postpone(conn: Connection, shipment_id: UUID, *, delay: timedelta, error: str) -> None:
+async def retry_failed_labels(conn: Connection, order_id: str) -> int:
+    """Ops asked for another round: the budget starts again, the choice and pin stay."""
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'label_pending', attempts = 0, next_attempt_at = now()
+         WHERE order_id = $1 AND state = 'label_failed'
+        """,
+        order_id,
+    )
+    return int(status.split()[-1])
+
+
+async def lease_due_voids(
+    conn: Connection, *, limit: int, lease: timedelta
+) -> list[dict[str, Any]]:
+    """Take due label voids (labels of cancelled orders) for ``lease``."""
+    rows = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT shipment_id FROM shipments
+            WHERE state = 'void_pending' AND next_attempt_at <= now()
+            ORDER BY next_attempt_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE shipments s SET next_attempt_at = now() + $2::interval
+          FROM due
+         WHERE s.shipment_id = due.shipment_id
+        RETURNING s.*
+        """,
+        limit,
+        lease,
+    )
+    return [dict(r) for r in rows]
+
+
+async def attach_label_to_void(
+    conn: Connection,
+    shipment_id: UUID,
+    *,
+    tracking_number: str,
+    label_url: str,
+    carrier_shipment_id: str,
+) -> None:
+    """The label an unanswered purchase did buy, found by replaying its key: void it next."""
     await conn.execute(
         """
-        UPDATE shipments SET next_attempt_at = now() + $2::interval, last_error = $3
-        WHERE shipment_id = $1
+        UPDATE shipments SET tracking_number = $2, label_url = $3, carrier_shipment_id = $4,
+                             tracking_status = 'pre_transit'
+         WHERE shipment_id = $1 AND state = 'void_pending' AND tracking_number IS NULL
         """,
         shipment_id,
+        tracking_number,
+        label_url,
+        carrier_shipment_id,
+    )
+
+
+async def record_void(conn: Connection, shipment_id: UUID) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'cancelled', tracking_status = 'cancelled',
+                             voided_at = now(), last_error = NULL
+         WHERE shipment_id = $1 AND state = 'void_pending'
+        """,
+        shipment_id,
+    )
+    return status == "UPDATE 1"
+
+
+async def refuse_void(conn: Connection, shipment_id: UUID, *, error: str) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'void_refused', last_error = $2
+         WHERE shipment_id = $1 AND state = 'void_pending'
+        """,
+        shipment_id,
+        error[:1000],
+    )
+    return status == "UPDATE 1"
+
+
+async def postpone_void(
+    conn: Connection, shipment_id: UUID, *, attempts: int, delay: timedelta, error: str
+) -> None:
+    await conn.execute(
+        """
+        UPDATE shipments SET attempts = $2, next_attempt_at = now() + $3::interval,
+                             last_error = $4
+         WHERE shipment_id = $1 AND state = 'void_pending'
+        """,
+        shipment_id,
+        attempts,
         delay,
         error[:1000],
     )
@@ -248,20 +396,29 @@ async def shipments_of_order(conn: Connection, order_id: str) -> list[dict[str, 
 
 
 async def cancel_shipments(conn: Connection, order_id: str) -> int:
-    """Stop label purchases of a cancelled order and mark labels not yet used as cancelled."""
+    """Stop label purchases of a cancelled order; labels not yet scanned (or possibly bought
+    by a purchase whose answer was lost) are to be voided. Returns how many to void."""
     await conn.execute(
         "INSERT INTO cancelled_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id
     )
-    status = await conn.execute(
+    voids: int = await conn.fetchval(
         """
-        UPDATE shipments SET state = 'cancelled'
-        WHERE order_id = $1
-          AND state IN ('awaiting_order', 'label_pending', 'label_created')
-          AND shipped_at IS NULL
+        WITH cancelled AS (
+            UPDATE shipments
+               SET state = CASE
+                       WHEN state = 'label_created' OR carrier_pinned THEN 'void_pending'
+                       ELSE 'cancelled' END,
+                   attempts = 0, next_attempt_at = now()
+             WHERE order_id = $1
+               AND state IN ('awaiting_order', 'label_pending', 'label_failed', 'label_created')
+               AND shipped_at IS NULL
+            RETURNING state
+        )
+        SELECT count(*) FILTER (WHERE state = 'void_pending') FROM cancelled
         """,
         order_id,
     )
-    return int(status.split()[-1])
+    return voids
 
 
 async def record_breach(
