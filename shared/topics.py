@@ -25,6 +25,9 @@ RETURNS_APPROVED: Final = "returns.approved"
 RETURNS_REJECTED: Final = "returns.rejected"
 RETURNS_RECEIVED: Final = "returns.received"
 REFUNDS_REQUESTED: Final = "refunds.requested"
+# internal helper events (not in the contract): see docs/architecture.md
+RETURNS_EXCHANGE_REQUESTED: Final = "returns.exchange-requested"
+WAREHOUSE_RETURN_SCANNED: Final = "warehouse.return-scanned"
 
 DLQ_SUFFIX: Final = ".dlq"
 

@@ -32,6 +32,7 @@ from shared.events.orders import (
     SlaBreached,
 )
 from shared.events.returns import (
+    ExchangeRequested,
     ReceivedLine,
     RefundRequested,
     ReturnApproved,
@@ -40,6 +41,7 @@ from shared.events.returns import (
     ReturnReceived,
     ReturnRejected,
     ReturnRequested,
+    ReturnScanned,
 )
 from shared.events.shipping import (
     ShipmentDelivered,
@@ -76,6 +78,8 @@ EVENTS_BY_TOPIC: dict[str, type[Event]] = {
         ReturnReceived,
         StockRestocked,
         RefundRequested,
+        ExchangeRequested,
+        ReturnScanned,
     )
 }
 
@@ -87,6 +91,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterHeader",
     "Event",
+    "ExchangeRequested",
     "FieldReason",
     "MissingStock",
     "Model",
@@ -111,6 +116,7 @@ __all__ = [
     "ReturnReceived",
     "ReturnRejected",
     "ReturnRequested",
+    "ReturnScanned",
     "ShipmentDelivered",
     "ShipmentException",
     "ShipmentLabelCreated",

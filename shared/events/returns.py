@@ -57,12 +57,22 @@ class ReturnLabel(Model):
 
 
 class ReturnApproved(Event):
+    """A return was approved and its label bought.
+
+    Beyond the contract's fields: ``lines`` (what is coming back), ``warehouse_id`` (the
+    warehouse that shipped them and receives them) and ``resolution``, so that the
+    warehouse can expect the parcel by RMA.
+    """
+
     TOPIC = topics.RETURNS_APPROVED
 
     return_id: Identifier
     order_id: Identifier
     rma: str
     return_label: ReturnLabel
+    lines: list[ReturnLine] = Field(default_factory=list)
+    warehouse_id: Identifier | None = None
+    resolution: Literal["refund", "exchange"] = "refund"
 
 
 ReturnRejectionReason = Literal[
@@ -111,3 +121,27 @@ class ReturnWindow(Model):
 
     delivered_at: Timestamp
     closes_at: Timestamp
+
+
+class ReturnScanned(Event):
+    """Warehouse staff received a return parcel on the warehouse page (internal: inventory
+    to returns). Returns checks it against the return like ``POST /returns/{id}/received``
+    and publishes ``returns.received``."""
+
+    TOPIC = topics.WAREHOUSE_RETURN_SCANNED
+
+    return_id: Identifier
+    warehouse_id: Identifier
+    lines: list[ReceivedLine] = Field(min_length=1, max_length=100)
+
+
+class ExchangeRequested(Event):
+    """An approved exchange (internal: returns to orders): orders creates the replacement
+    order ``replacement_order_id`` for ``lines`` from its own copy of ``order_id``."""
+
+    TOPIC = topics.RETURNS_EXCHANGE_REQUESTED
+
+    return_id: Identifier
+    order_id: Identifier
+    replacement_order_id: Identifier
+    lines: list[ReturnLine] = Field(min_length=1, max_length=100)
