@@ -12,6 +12,7 @@ from shared.events import (
     Origin,
     Parcel,
     Promise,
+    ShipmentDelivered,
     ShipmentLine,
 )
 
@@ -74,9 +75,13 @@ def order_accepted(
     deliver_by: datetime | None = None,
     country: str = "DE",
     postal_code: str = "10117",
+    lines: list[tuple[str, int]] | None = None,
+    unit_price: str = "19.99",
 ) -> dict[str, Any]:
-    """What orders publishes for an accepted order (tests that feed shipping alone)."""
-    placed = order_placed(order_id=order_id, country=country, postal_code=postal_code)
+    """What orders publishes for an accepted order (tests that feed one service alone)."""
+    placed = order_placed(order_id=order_id, country=country, postal_code=postal_code, lines=lines)
+    for line in placed["lines"]:
+        line["unit_price"] = unit_price
     now = datetime.now(UTC)
     return OrderAccepted(
         order_id=placed["order_id"],
@@ -103,4 +108,25 @@ def order_packed(
         parcels=[Parcel(weight_grams=weight_grams, length_mm=300, width_mm=200, height_mm=100)],
         lines=[ShipmentLine(sku="SKU-1", quantity=1)],
         ship_from=Origin(country="DE", postal_code="10115"),
+    ).model_dump(mode="json")
+
+
+def shipment_delivered(
+    order_id: str,
+    *,
+    delivered_at: datetime,
+    lines: list[tuple[str, int]],
+    warehouse_id: str = "BER-1",
+    carrier: str = "swiftpost",
+) -> dict[str, Any]:
+    """What shipping publishes when the carrier delivered a shipment."""
+    return ShipmentDelivered(
+        order_id=order_id,
+        shipment_id=uuid4(),
+        delivered_at=delivered_at,
+        source="webhook",
+        carrier=carrier,
+        warehouse_id=warehouse_id,
+        ship_from=Origin(country="DE", postal_code="10115"),
+        lines=[ShipmentLine(sku=sku, quantity=quantity) for sku, quantity in lines],
     ).model_dump(mode="json")

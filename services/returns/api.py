@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
 
+from services.returns import handlers
 from services.returns.storage import repository as repo
+from shared.db import unit_of_work
+from shared.db.notify import notify
+from shared.events import Model, ReceivedLine
 from shared.http import require_role, runtime_of
 
 router = APIRouter(tags=["returns"])
@@ -31,5 +37,48 @@ async def get_return(return_id: str, request: Request) -> dict[str, Any]:
         "exchange_for",
         "rma",
         "label",
+        "attempts",
+        "last_error",
+        "received_at",
+        "received_lines",
+        "refund_amount",
+        "replacement_order_id",
     )
     return {k: ret[k] for k in public}
+
+
+class Receipt(Model):
+    lines: list[ReceivedLine] = Field(min_length=1, max_length=100)
+
+
+@router.post("/returns/{return_id}/received", dependencies=[Depends(require_role("warehouse"))])
+async def receive_return(return_id: str, receipt: Receipt, request: Request) -> Any:
+    """What came back, line by line (sellable or damaged): publishes ``returns.received``
+    and, for a refund, ``refunds.requested``. The same receipt again is answered the same."""
+    runtime = runtime_of(request)
+    try:
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            return await handlers.receive_return(
+                uow, return_id, receipt.lines, now=runtime.clock.now()
+            )
+    except handlers.ReceiptRefused as refused:
+        if refused.status == 422:
+            return JSONResponse({"detail": refused.detail}, 422)
+        raise HTTPException(refused.status, refused.detail) from None
+
+
+@router.post(
+    "/returns/{return_id}/label/retry",
+    dependencies=[Depends(require_role("ops"))],
+    status_code=202,
+)
+async def retry_label(return_id: str, request: Request) -> dict[str, Any]:
+    """A return label that spent its retry budget (``label_failed``) gets a fresh one."""
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        retried = await repo.retry_failed_label(conn, return_id)
+        if retried:
+            await notify(conn, repo.LABELS_CHANNEL)
+    if not retried:
+        raise HTTPException(409, f"return {return_id} has no failed label")
+    return {"return_id": return_id, "status": "label_pending"}

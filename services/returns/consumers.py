@@ -7,8 +7,8 @@ from typing import Any
 from services.returns import handlers
 from shared.clock import Clock
 from shared.db import UnitOfWork
-from shared.events import OrderAccepted, ReturnRequested, ShipmentDelivered
-from shared.messaging import EventConsumer
+from shared.events import OrderAccepted, ReturnRequested, ReturnScanned, ShipmentDelivered
+from shared.messaging import EventConsumer, PermanentFailure
 
 
 def build_consumer(*, schema: str, window_days: int, clock: Clock, **options: Any) -> EventConsumer:
@@ -25,5 +25,17 @@ def build_consumer(*, schema: str, window_days: int, clock: Clock, **options: An
     @consumer.handles(ReturnRequested, on_invalid=handlers.reject_invalid_return)
     async def on_return_requested(event: ReturnRequested, uow: UnitOfWork) -> None:
         await handlers.request_return(event, uow, window_days=window_days, now=clock.now())
+
+    @consumer.handles(ReturnScanned)
+    async def on_return_scanned(event: ReturnScanned, uow: UnitOfWork) -> None:
+        # received on the warehouse page: the same checks as POST /returns/{id}/received
+        try:
+            await handlers.receive_return(
+                uow, event.return_id, event.lines, now=clock.now(), warehouse_id=event.warehouse_id
+            )
+        except handlers.ReceiptRefused as refused:
+            raise PermanentFailure(
+                f"receipt refused ({refused.status}): {refused.detail}"
+            ) from None
 
     return consumer

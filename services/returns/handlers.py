@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections import defaultdict
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from services.returns.domain.window import decide_return
@@ -13,9 +14,14 @@ from services.returns.storage import repository as repo
 from shared.db import UnitOfWork
 from shared.db.notify import notify
 from shared.events import (
+    ExchangeRequested,
     OrderAccepted,
+    ReceivedLine,
+    RefundRequested,
     ReturnApproved,
     ReturnLabel,
+    ReturnLine,
+    ReturnReceived,
     ReturnRejected,
     ReturnRequested,
     ShipmentDelivered,
@@ -109,6 +115,11 @@ async def request_return(
         carrier=delivery["carrier"],
         warehouse_id=delivery["warehouse_id"],
         ship_to=order["ship_to"],
+        return_to=(
+            {k: delivery["ship_from"][k] for k in ("country", "postal_code")}
+            if delivery["ship_from"]
+            else None
+        ),
     )
     await notify(uow.conn, repo.LABELS_CHANNEL)
 
@@ -126,13 +137,166 @@ async def reject_invalid_return(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
     return True
 
 
-async def approve_with_label(uow: UnitOfWork, ret: dict[str, Any], label: ReturnLabel) -> None:
-    if await repo.approve(uow.conn, ret["return_id"], label=label.model_dump()):
+def replacement_order_id_for(return_id: str) -> str:
+    """The replacement order of an exchange: one per return, whoever asks twice."""
+    return "exchange:" + hashlib.sha256(return_id.encode()).hexdigest()[:20]
+
+
+async def approve_with_label(
+    uow: UnitOfWork, ret: dict[str, Any], label: ReturnLabel, *, attempts: int
+) -> None:
+    """The label is bought: approve, and for an exchange ask orders for the replacement."""
+    exchange = ret["resolution"] == "exchange"
+    replacement = replacement_order_id_for(ret["return_id"]) if exchange else None
+    if not await repo.approve(
+        uow.conn,
+        ret["return_id"],
+        label=label.model_dump(),
+        attempts=attempts,
+        replacement_order_id=replacement,
+    ):
+        return
+    lines = [ReturnLine(**line) for line in ret["lines"]]
+    uow.emit(
+        ReturnApproved(
+            return_id=ret["return_id"],
+            order_id=ret["order_id"],
+            rma=ret["rma"],
+            return_label=label,
+            lines=lines,
+            warehouse_id=ret["warehouse_id"],
+            resolution=ret["resolution"],
+        )
+    )
+    if replacement is not None:
+        # the same goods again unless the customer asked for others (another size)
+        wanted = ret["exchange_for"] or ret["lines"]
         uow.emit(
-            ReturnApproved(
+            ExchangeRequested(
                 return_id=ret["return_id"],
                 order_id=ret["order_id"],
-                rma=ret["rma"],
-                return_label=label,
+                replacement_order_id=replacement,
+                lines=[ReturnLine(**line) for line in wanted],
             )
         )
+
+
+class ReceiptRefused(Exception):
+    """A receipt that does not fit the return: ``status`` says how (404, 409, 422)."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+def refund_amount(order_lines: list[dict[str, Any]], received: list[ReceivedLine]) -> Decimal:
+    """What the received goods cost in the order, to the cent (the first order line of a
+    sku gives its price)."""
+    prices: dict[str, Decimal] = {}
+    for line in order_lines:
+        prices.setdefault(line["sku"], Decimal(str(line["unit_price"])))
+    total = sum((prices[line.sku] * line.quantity for line in received), Decimal("0"))
+    return total.quantize(Decimal("0.01"))
+
+
+def _receipt_problems(ret: dict[str, Any], lines: list[ReceivedLine]) -> list[dict[str, Any]]:
+    expected: dict[str, int] = defaultdict(int)
+    for line in ret["lines"]:
+        expected[line["sku"]] += int(line["quantity"])
+    received: dict[str, int] = defaultdict(int)
+    for line in lines:
+        received[line.sku] += line.quantity
+    problems = []
+    for index, line in enumerate(lines):
+        if line.sku not in expected:
+            problems.append(
+                {
+                    "loc": ["body", "lines", index, "sku"],
+                    "msg": f"{line.sku} is not part of return {ret['return_id']}",
+                }
+            )
+        elif received[line.sku] > expected[line.sku]:
+            problems.append(
+                {
+                    "loc": ["body", "lines", index, "quantity"],
+                    "msg": f"{received[line.sku]} x {line.sku} received, "
+                    f"{expected[line.sku]} expected",
+                }
+            )
+    return problems
+
+
+def _same_receipt(ret: dict[str, Any], lines: list[ReceivedLine]) -> bool:
+    def canonical(items: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+        return sorted((i["sku"], i["condition"], int(i["quantity"])) for i in items)
+
+    return canonical(ret["received_lines"] or []) == canonical(
+        [line.model_dump() for line in lines]
+    )
+
+
+async def receive_return(
+    uow: UnitOfWork,
+    return_id: str,
+    lines: list[ReceivedLine],
+    *,
+    now: datetime,
+    warehouse_id: str | None = None,
+) -> dict[str, Any]:
+    """Record what came back: ``returns.received`` and, for a refund, ``refunds.requested``,
+    once. The same receipt again answers the first one; a different one is refused."""
+    ret = await repo.lock_return(uow.conn, return_id)
+    if ret is None:
+        raise ReceiptRefused(404, f"no return {return_id}")
+    if ret["status"] == "received":
+        if _same_receipt(ret, lines):
+            return _receipt_view(ret)
+        raise ReceiptRefused(409, f"return {return_id} was received already, with other lines")
+    if ret["status"] != "approved":
+        raise ReceiptRefused(409, f"return {return_id} is {ret['status']}, not approved")
+    problems = _receipt_problems(ret, lines)
+    if problems:
+        raise ReceiptRefused(422, problems)
+    if warehouse_id is not None and ret["warehouse_id"] not in (None, warehouse_id):
+        raise ReceiptRefused(
+            409, f"return {return_id} goes to {ret['warehouse_id']}, not {warehouse_id}"
+        )
+    amount = refund_amount(ret["order_lines"], lines) if ret["resolution"] == "refund" else None
+    dumped = [line.model_dump() for line in lines]
+    await repo.record_receipt(
+        uow.conn, return_id, lines=dumped, refund_amount=amount, received_at=now
+    )
+    uow.emit(
+        ReturnReceived(
+            return_id=return_id,
+            order_id=ret["order_id"],
+            warehouse_id=ret["warehouse_id"] or warehouse_id,
+            lines=lines,
+        )
+    )
+    if amount is not None:
+        uow.emit(
+            RefundRequested(
+                return_id=return_id,
+                order_id=ret["order_id"],
+                amount=amount,
+                currency=ret["currency"],
+            )
+        )
+    ret.update(status="received", received_lines=dumped, refund_amount=amount, received_at=now)
+    return _receipt_view(ret)
+
+
+def _receipt_view(ret: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "return_id": ret["return_id"],
+        "status": ret["status"],
+        "received_at": ret["received_at"],
+        "lines": ret["received_lines"],
+        "refund": (
+            {"amount": str(ret["refund_amount"]), "currency": ret["currency"]}
+            if ret["refund_amount"] is not None
+            else None
+        ),
+    }

@@ -48,7 +48,7 @@ def build_runtime(
             topics.RETURNS_REJECTED,
             topics.RETURNS_RECEIVED,
             topics.REFUNDS_REQUESTED,
-            topics.ORDERS_PLACED,
+            topics.RETURNS_EXCHANGE_REQUESTED,
         ],
         workers=[buy_return_labels],
     )

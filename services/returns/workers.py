@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
 from services.returns import handlers
 from services.returns.storage import repository as repo
-from shared.carriers import CarrierError, CarrierGateway, LabelRequest, Place, RateRequest
-from shared.carriers.resilience import RetryPolicy
+from shared.carriers import LabelRequest, Place, Quotes, RateRequest
+from shared.carriers.purchase import Choice, LabelPurchaser, Pick, PurchaseState
 from shared.db import unit_of_work
 from shared.db.notify import ChannelListener
 from shared.events import ReturnLabel
@@ -18,15 +19,14 @@ from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("waybill.returns.labels")
 
-#: how return-label purchases back off between attempts
-LABEL_RETRY = RetryPolicy(base_seconds=0.5, cap_seconds=60.0)
-
 #: where returns go when the delivery did not say which warehouse sent them
 DEFAULT_RETURNS_DESK = Place(country="DE", postal_code="10115")
+#: a return parcel, when nobody measured it: one box of the size most returns fit
+RETURN_PARCEL = {"weight_grams": 1000, "length_mm": 400, "width_mm": 300, "height_mm": 200}
 
 
 async def buy_return_labels(runtime: ServiceRuntime) -> None:
-    gateway: CarrierGateway = runtime.extras["carriers"]
+    purchaser: LabelPurchaser = runtime.extras["purchaser"]
     lease = timedelta(seconds=runtime.extras["carrier_timeout_seconds"] * 4 + 10)
     async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
         while True:
@@ -35,56 +35,122 @@ async def buy_return_labels(runtime: ServiceRuntime) -> None:
             if not due:
                 await listener.wait(seconds=0.5)
                 continue
-            await asyncio.gather(*(_purchase(runtime, gateway, r) for r in due))
+            await asyncio.gather(*(_purchase(runtime, purchaser, r) for r in due))
 
 
-async def _purchase(runtime: ServiceRuntime, gateway: CarrierGateway, ret: dict[str, Any]) -> None:
-    customer = ret["ship_to"]
-    origin = Place(country=customer["country"], postal_code=customer["postal_code"])
-    desk = DEFAULT_RETURNS_DESK
-    parcels = [{"weight_grams": 1000, "length_mm": 400, "width_mm": 300, "height_mm": 200}]
-    try:
-        quotes = await gateway.rates(RateRequest(ship_from=origin, ship_to=desk, parcels=parcels))
-        rates = quotes.rates
-        # the carrier that delivered takes it back, when it quotes; the cheapest service
-        own = [r for r in rates if r.carrier == ret["carrier"]] or rates
-        if not own:
-            raise CarrierError("no carrier quoted a return", retryable=True)
-        rate = min(own, key=lambda r: (r.price, r.transit_days))
-        label = await gateway.buy_label(
-            LabelRequest(
-                carrier=rate.carrier,
-                service=rate.service,
-                ship_from=origin,
-                ship_to={
-                    "name": f"Returns {ret['warehouse_id'] or 'desk'}",
-                    "line1": f"Returns, {ret['rma']}",
-                    "city": "Returns desk",
-                    "postal_code": desk.postal_code,
-                    "country": desk.country,
-                },
-                parcels=parcels,
-                reference=ret["rma"],
-            ),
-            idempotency_key=ret["idempotency_key"],
-        )
-    except CarrierError as exc:
-        delay = LABEL_RETRY.delay(max(1, ret["attempts"]), retry_after=exc.retry_after)
-        log.warning(
-            "return label for %s failed (%s); retry in %.1f s", ret["return_id"], exc, delay
-        )
-        async with runtime.pool.acquire() as conn:
-            await repo.postpone(
-                conn, ret["return_id"], delay=timedelta(seconds=delay), error=str(exc)
+def _origin(ret: dict[str, Any]) -> Place:
+    customer = ret["customer_address"]
+    return Place(country=customer["country"], postal_code=customer["postal_code"])
+
+
+def _desk(ret: dict[str, Any]) -> Place:
+    return Place(**ret["return_to"]) if ret["return_to"] else DEFAULT_RETURNS_DESK
+
+
+def pick_return_rate(quotes: Quotes, delivered_by: str | None) -> Pick | None:
+    """The carrier that delivered takes it back when it quotes (its cheapest service);
+    otherwise the cheapest of the others."""
+    own = [r for r in quotes.rates if r.carrier == delivered_by] or quotes.rates
+    if not own:
+        return None
+    rate = min(own, key=lambda r: (r.price, r.transit_days, r.carrier, r.service))
+    return Pick(rate.carrier, rate.service)
+
+
+def _label_request(ret: dict[str, Any], choice: Choice) -> LabelRequest:
+    desk = _desk(ret)
+    return LabelRequest(
+        carrier=choice.carrier,
+        service=choice.service,
+        ship_from=_origin(ret),
+        ship_to={
+            "name": f"Returns {ret['warehouse_id'] or 'desk'}",
+            "line1": f"Returns, {ret['rma']}",
+            "city": "Returns desk",
+            "postal_code": desk.postal_code,
+            "country": desk.country,
+        },
+        parcels=[RETURN_PARCEL],
+        reference=ret["rma"],
+    )
+
+
+async def _purchase(
+    runtime: ServiceRuntime, purchaser: LabelPurchaser, ret: dict[str, Any]
+) -> None:
+    choice = None
+    if ret["label_carrier"] is not None:
+        choice = Choice(ret["label_carrier"], ret["label_service"], ret["idempotency_key"])
+    state = PurchaseState(
+        key_prefix=f"waybill-return-{ret['return_id']}",
+        choice=choice,
+        pinned=ret["carrier_pinned"],
+        attempts=ret["attempts"],
+    )
+
+    async def quote(carriers: Collection[str] | None) -> Quotes:
+        return await purchaser.gateway.rates(
+            RateRequest(
+                ship_from=_origin(ret),
+                ship_to=_desk(ret),
+                parcels=[RETURN_PARCEL],
+                carriers=tuple(sorted(carriers)) if carriers is not None else None,
             )
-        return
-    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
-        await handlers.approve_with_label(
-            uow,
-            ret,
-            ReturnLabel(
-                carrier=label.carrier,
-                tracking_number=label.tracking_number,
-                label_url=label.label_url,
-            ),
         )
+
+    async def save_choice(chosen: Choice) -> None:
+        async with runtime.pool.acquire() as conn:
+            await repo.choose_label(
+                conn,
+                ret["return_id"],
+                carrier=chosen.carrier,
+                service=chosen.service,
+                idempotency_key=chosen.idempotency_key,
+            )
+
+    attempt = await purchaser.attempt(
+        state,
+        quote=quote,
+        choose=lambda quotes: pick_return_rate(quotes, ret["carrier"]),
+        label_request=lambda chosen: _label_request(ret, chosen),
+        save_choice=save_choice,
+    )
+    done = attempt.state
+    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+        if attempt.label is not None:
+            label = ReturnLabel(
+                carrier=attempt.label.carrier,
+                tracking_number=attempt.label.tracking_number,
+                label_url=attempt.label.label_url,
+            )
+            await handlers.approve_with_label(uow, ret, label, attempts=done.attempts)
+        elif attempt.exhausted:
+            if await repo.give_up_label(
+                uow.conn,
+                ret["return_id"],
+                attempts=done.attempts,
+                pinned=done.pinned,
+                error=attempt.error or "",
+            ):
+                log.error(
+                    "return label for %s failed %d times; waiting for ops: %s",
+                    ret["return_id"],
+                    done.attempts,
+                    attempt.error,
+                )
+        else:
+            log.warning(
+                "return label for %s not bought (%s); next try in %.1f s",
+                ret["return_id"],
+                attempt.error,
+                attempt.retry_in or 0,
+            )
+            await repo.save_attempt(
+                uow.conn,
+                ret["return_id"],
+                chosen=done.choice is not None,
+                pinned=done.pinned,
+                attempts=done.attempts,
+                delay=timedelta(seconds=attempt.retry_in or 0),
+                error=attempt.error or "",
+            )

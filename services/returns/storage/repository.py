@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -86,7 +87,8 @@ async def returned_quantities(conn: Connection, order_id: str) -> dict[str, int]
         """
         SELECT line->>'sku' AS sku, sum((line->>'quantity')::int)::int AS quantity
         FROM returns, jsonb_array_elements(lines) AS line
-        WHERE order_id = $1 AND status IN ('label_pending', 'approved')
+        WHERE order_id = $1
+          AND status IN ('label_pending', 'approved', 'label_failed', 'received')
         GROUP BY line->>'sku'
         """,
         order_id,
@@ -121,9 +123,10 @@ async def lease_due_labels(
             ORDER BY next_attempt_at LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
-        UPDATE returns r SET next_attempt_at = now() + $2::interval, attempts = r.attempts + 1
-        FROM due WHERE r.return_id = due.return_id
-        RETURNING r.*
+        UPDATE returns r SET next_attempt_at = now() + $2::interval
+        FROM due, return_orders o
+        WHERE r.return_id = due.return_id AND o.order_id = r.order_id
+        RETURNING r.*, o.ship_to AS customer_address
         """,
         limit,
         lease,
@@ -131,25 +134,128 @@ async def lease_due_labels(
     return [dict(r) for r in rows]
 
 
-async def approve(conn: Connection, return_id: str, *, label: dict[str, Any]) -> bool:
-    status = await conn.execute(
+async def choose_label(
+    conn: Connection, return_id: str, *, carrier: str, service: str, idempotency_key: str
+) -> None:
+    """The return label's carrier and service, stored before it is bought."""
+    await conn.execute(
         """
-        UPDATE returns SET status = 'approved', label = $2, decided_at = now(), last_error = NULL
-        WHERE return_id = $1 AND status = 'label_pending'
+        UPDATE returns SET label_carrier = $2, label_service = $3, idempotency_key = $4
+        WHERE return_id = $1
         """,
         return_id,
-        label,
+        carrier,
+        service,
+        idempotency_key,
+    )
+
+
+async def save_attempt(
+    conn: Connection,
+    return_id: str,
+    *,
+    chosen: bool,
+    pinned: bool,
+    attempts: int,
+    delay: timedelta,
+    error: str,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE returns
+           SET attempts = $2, carrier_pinned = $3, next_attempt_at = now() + $4::interval,
+               last_error = $5,
+               label_carrier = CASE WHEN $6 THEN label_carrier END,
+               label_service = CASE WHEN $6 THEN label_service END
+         WHERE return_id = $1 AND status = 'label_pending'
+        """,
+        return_id,
+        attempts,
+        pinned,
+        delay,
+        error[:1000],
+        chosen,
+    )
+
+
+async def give_up_label(
+    conn: Connection, return_id: str, *, attempts: int, pinned: bool, error: str
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE returns SET status = 'label_failed', attempts = $2, carrier_pinned = $3,
+                           last_error = $4
+         WHERE return_id = $1 AND status = 'label_pending'
+        """,
+        return_id,
+        attempts,
+        pinned,
+        error[:1000],
     )
     return status == "UPDATE 1"
 
 
-async def postpone(conn: Connection, return_id: str, *, delay: timedelta, error: str) -> None:
-    await conn.execute(
+async def retry_failed_label(conn: Connection, return_id: str) -> bool:
+    status = await conn.execute(
         """
-        UPDATE returns SET next_attempt_at = now() + $2::interval, last_error = $3
-        WHERE return_id = $1
+        UPDATE returns SET status = 'label_pending', attempts = 0, next_attempt_at = now()
+         WHERE return_id = $1 AND status = 'label_failed'
         """,
         return_id,
-        delay,
-        error[:1000],
+    )
+    return status == "UPDATE 1"
+
+
+async def approve(
+    conn: Connection,
+    return_id: str,
+    *,
+    label: dict[str, Any],
+    attempts: int,
+    replacement_order_id: str | None,
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE returns SET status = 'approved', label = $2, decided_at = now(), last_error = NULL,
+                           attempts = $3, replacement_order_id = $4
+        WHERE return_id = $1 AND status = 'label_pending'
+        """,
+        return_id,
+        label,
+        attempts,
+        replacement_order_id,
+    )
+    return status == "UPDATE 1"
+
+
+async def lock_return(conn: Connection, return_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        """
+        SELECT r.*, o.currency, o.lines AS order_lines
+        FROM returns r JOIN return_orders o USING (order_id)
+        WHERE r.return_id = $1 FOR UPDATE OF r
+        """,
+        return_id,
+    )
+    return dict(row) if row is not None else None
+
+
+async def record_receipt(
+    conn: Connection,
+    return_id: str,
+    *,
+    lines: list[dict[str, Any]],
+    refund_amount: Decimal | None,
+    received_at: datetime,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE returns SET status = 'received', received_lines = $2, refund_amount = $3,
+                           received_at = $4
+        WHERE return_id = $1 AND status = 'approved'
+        """,
+        return_id,
+        lines,
+        refund_amount,
+        received_at,
     )
