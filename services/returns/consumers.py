@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from services.returns import handlers
@@ -11,20 +12,29 @@ from shared.events import OrderAccepted, ReturnRequested, ReturnScanned, Shipmen
 from shared.messaging import EventConsumer, PermanentFailure
 
 
-def build_consumer(*, schema: str, window_days: int, clock: Clock, **options: Any) -> EventConsumer:
+def build_consumer(
+    *,
+    schema: str,
+    window_days: int,
+    clock: Clock,
+    grace: timedelta = timedelta(0),
+    **options: Any,
+) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-returns", schema=schema, **options)
 
     @consumer.handles(OrderAccepted)
     async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
-        await handlers.remember_order(event, uow)
+        await handlers.remember_order(event, uow, window_days=window_days, now=clock.now())
 
     @consumer.handles(ShipmentDelivered)
     async def on_shipment_delivered(event: ShipmentDelivered, uow: UnitOfWork) -> None:
-        await handlers.record_delivery(event, uow)
+        await handlers.record_delivery(event, uow, window_days=window_days, now=clock.now())
 
     @consumer.handles(ReturnRequested, on_invalid=handlers.reject_invalid_return)
     async def on_return_requested(event: ReturnRequested, uow: UnitOfWork) -> None:
-        await handlers.request_return(event, uow, window_days=window_days, now=clock.now())
+        await handlers.request_return(
+            event, uow, window_days=window_days, now=clock.now(), grace=grace
+        )
 
     @consumer.handles(ReturnScanned)
     async def on_return_scanned(event: ReturnScanned, uow: UnitOfWork) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,9 @@ def request_hash(event: ReturnRequested) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
+async def remember_order(
+    event: OrderAccepted, uow: UnitOfWork, *, window_days: int, now: datetime
+) -> None:
     await repo.remember_order(
         uow.conn,
         order_id=event.order_id,
@@ -46,9 +48,12 @@ async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
         lines=[line.model_dump(mode="json") for line in event.lines],
         ship_to=event.ship_to.model_dump(mode="json"),
     )
+    await decide_pending(uow, event.order_id, window_days=window_days, now=now)
 
 
-async def record_delivery(event: ShipmentDelivered, uow: UnitOfWork) -> None:
+async def record_delivery(
+    event: ShipmentDelivered, uow: UnitOfWork, *, window_days: int, now: datetime
+) -> None:
     await repo.record_delivery(
         uow.conn,
         shipment_id=event.shipment_id,
@@ -59,29 +64,30 @@ async def record_delivery(event: ShipmentDelivered, uow: UnitOfWork) -> None:
         ship_from=event.ship_from.model_dump() if event.ship_from else None,
         lines=[line.model_dump() for line in event.lines],
     )
+    await decide_pending(uow, event.order_id, window_days=window_days, now=now)
+
+
+#: reasons that may only mean "not heard of yet": the order's or the delivery's event can
+#: reach returns after the request does (they travel on other topics)
+_MAYBE_NOT_YET = frozenset({"unknown_order", "not_delivered"})
 
 
 async def request_return(
-    event: ReturnRequested, uow: UnitOfWork, *, window_days: int, now: datetime
+    event: ReturnRequested,
+    uow: UnitOfWork,
+    *,
+    window_days: int,
+    now: datetime,
+    grace: timedelta = timedelta(0),
 ) -> None:
-    """Decide a return; a return_id seen before is a no-op."""
+    """Record a return request and decide it; a return_id seen before is a no-op.
+
+    A request that would be rejected for an unknown order or an undelivered shipment waits
+    up to ``grace`` for that news (see :func:`decide_pending`) before it is rejected.
+    """
     if await repo.find_return(uow.conn, event.return_id) is not None:
         return
-    order = await repo.lock_order(uow.conn, event.order_id)
-    deliveries = await repo.deliveries_of(uow.conn, event.order_id) if order else []
-    wanted: dict[str, int] = defaultdict(int)
-    for line in event.lines:
-        wanted[line.sku] += line.quantity
-    decision = decide_return(
-        requested_at=event.requested_at,
-        lines=wanted,
-        order_known=order is not None,
-        deliveries=[d for d, _ in deliveries],
-        already_returned=await repo.returned_quantities(uow.conn, event.order_id),
-        window_days=window_days,
-        now=now,
-    )
-    common: dict[str, Any] = {
+    ret: dict[str, Any] = {
         "return_id": event.return_id,
         "order_id": event.order_id,
         "requested_at": event.requested_at,
@@ -93,25 +99,52 @@ async def request_return(
         ),
         "idempotency_key": f"waybill-return-{event.return_id}",
     }
+    await repo.insert_return(uow.conn, **ret, status="pending")
+    await repo.wait_until(uow.conn, event.return_id, delay=grace)
+    await decide(uow, ret, window_days=window_days, now=now, final=grace <= timedelta(0))
+
+
+async def decide(
+    uow: UnitOfWork, ret: dict[str, Any], *, window_days: int, now: datetime, final: bool
+) -> bool:
+    """Decide a pending return: approve (a label is bought next) or reject with one reason.
+    Not ``final``: a rejection that later news could change leaves it pending. Returns
+    whether it was decided."""
+    order_id = ret["order_id"]
+    order = await repo.lock_order(uow.conn, order_id)
+    deliveries = await repo.deliveries_of(uow.conn, order_id) if order else []
+    wanted: dict[str, int] = defaultdict(int)
+    for line in ret["lines"]:
+        wanted[line["sku"]] += int(line["quantity"])
+    decision = decide_return(
+        requested_at=ret["requested_at"],
+        lines=wanted,
+        order_known=order is not None,
+        deliveries=[d for d, _ in deliveries],
+        already_returned=await repo.returned_quantities(uow.conn, order_id),
+        window_days=window_days,
+        now=now,
+    )
     if not decision.approved:
         assert decision.reason is not None
-        await repo.insert_return(
-            uow.conn, **common, status="rejected", reason=decision.reason, decided_at=now
+        if not final and decision.reason in _MAYBE_NOT_YET:
+            return False
+        await repo.decide(
+            uow.conn, ret["return_id"], status="rejected", decided_at=now, reason=decision.reason
         )
         uow.emit(
-            ReturnRejected(
-                return_id=event.return_id, order_id=event.order_id, reason=decision.reason
-            )
+            ReturnRejected(return_id=ret["return_id"], order_id=order_id, reason=decision.reason)
         )
-        return
+        return True
     assert decision.deliveries is not None and order is not None
     rows = {str(row["shipment_id"]): row for _, row in deliveries}
     delivery = rows[max(decision.deliveries.values(), key=lambda d: d.delivered_at).shipment_id]
-    await repo.insert_return(
+    await repo.decide(
         uow.conn,
-        **common,
+        ret["return_id"],
         status="label_pending",
-        rma=rma_for(event.return_id),
+        decided_at=now,
+        rma=rma_for(ret["return_id"]),
         carrier=delivery["carrier"],
         warehouse_id=delivery["warehouse_id"],
         ship_to=order["ship_to"],
@@ -122,6 +155,15 @@ async def request_return(
         ),
     )
     await notify(uow.conn, repo.LABELS_CHANNEL)
+    return True
+
+
+async def decide_pending(
+    uow: UnitOfWork, order_id: str, *, window_days: int, now: datetime
+) -> None:
+    """News of an order or a delivery arrived: decide the requests that waited for it."""
+    for ret in await repo.pending_of_order(uow.conn, order_id):
+        await decide(uow, ret, window_days=window_days, now=now, final=False)
 
 
 async def reject_invalid_return(invalid: InvalidEvent, uow: UnitOfWork) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from importlib.resources import files
 
 from fastapi import FastAPI
@@ -9,7 +10,7 @@ from fastapi import FastAPI
 from services.returns.api import router
 from services.returns.config import ReturnsSettings
 from services.returns.consumers import build_consumer
-from services.returns.workers import buy_return_labels
+from services.returns.workers import buy_return_labels, decide_overdue_requests
 from shared import topics
 from shared.carriers import CarrierGateway
 from shared.carriers.wiring import attach_carrier_gateway
@@ -36,6 +37,7 @@ def build_runtime(
         schema=NAME,
         window_days=settings.return_window_days,
         clock=clock,
+        grace=timedelta(seconds=settings.return_decision_grace_seconds),
         max_attempts=settings.consumer_max_attempts,
         retry_base_seconds=settings.consumer_retry_base_seconds,
     )
@@ -50,12 +52,13 @@ def build_runtime(
             topics.REFUNDS_REQUESTED,
             topics.RETURNS_EXCHANGE_REQUESTED,
         ],
-        workers=[buy_return_labels],
+        workers=[buy_return_labels, decide_overdue_requests],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     attach_carrier_gateway(runtime, settings, carriers)
+    runtime.extras["return_window_days"] = settings.return_window_days
     return runtime
 
 

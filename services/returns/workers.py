@@ -154,3 +154,15 @@ async def _purchase(
                 delay=timedelta(seconds=attempt.retry_in or 0),
                 error=attempt.error or "",
             )
+
+
+async def decide_overdue_requests(runtime: ServiceRuntime) -> None:
+    """Reject, for good, pending requests whose order or delivery never showed up in time."""
+    window_days: int = runtime.extras["return_window_days"]
+    while True:
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            for ret in await repo.lease_overdue_pending(uow.conn, limit=100):
+                await handlers.decide(
+                    uow, ret, window_days=window_days, now=runtime.clock.now(), final=True
+                )
+        await asyncio.sleep(0.5)

@@ -23,6 +23,8 @@ from waybill.system import LocalSystem
 pytestmark = pytest.mark.integration
 
 DECISIONS = [topics.RETURNS_APPROVED, topics.RETURNS_REJECTED]
+#: how long a request for an order or delivery not heard of yet waits (default 20 s)
+QUICK = {"return_decision_grace_seconds": 1.0}
 
 
 class Shop:
@@ -120,7 +122,9 @@ async def shop_factory(event_log_factory, publisher_factory):  # type: ignore[no
 
 @pytest.mark.parametrize("window_days", [7, 14])
 async def test_the_window_at_its_edges(make_system: MakeSystem, shop_factory, window_days) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"], return_window_days=window_days)
+    system = await make_system(
+        services=["returns"], return_window_days=window_days, service_overrides=QUICK
+    )
     shop = await shop_factory(system)
     delivered_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
     oid = await shop.delivered_order(
@@ -151,7 +155,7 @@ async def test_the_window_at_its_edges(make_system: MakeSystem, shop_factory, wi
 async def test_partial_returns_up_to_the_delivered_quantity(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     day = datetime.now(UTC) - timedelta(days=2)
     oid = await shop.delivered_order(
@@ -168,7 +172,7 @@ async def test_partial_returns_up_to_the_delivered_quantity(
 async def test_each_line_counts_from_its_own_shipments_delivery(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     now = datetime.now(UTC)
     early, late = now - timedelta(days=9), now - timedelta(days=3)
@@ -196,7 +200,7 @@ async def test_each_line_counts_from_its_own_shipments_delivery(
 async def test_receipt_publishes_received_and_an_exact_refund_once(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     day = datetime.now(UTC) - timedelta(days=1)
     oid = await shop.delivered_order(
@@ -269,7 +273,7 @@ async def test_receipt_publishes_received_and_an_exact_refund_once(
 async def test_the_warehouse_page_receipt_and_the_same_request_twice(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     day = datetime.now(UTC) - timedelta(days=1)
     oid = await shop.delivered_order(
@@ -304,7 +308,7 @@ async def test_the_warehouse_page_receipt_and_the_same_request_twice(
 async def test_an_exchange_asks_orders_for_a_replacement_and_refunds_nothing(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     day = datetime.now(UTC) - timedelta(days=1)
     oid = await shop.delivered_order(
@@ -339,7 +343,7 @@ async def test_an_exchange_asks_orders_for_a_replacement_and_refunds_nothing(
 async def test_the_return_label_falls_back_when_the_delivering_carrier_is_down(
     make_system: MakeSystem, shop_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    system = await make_system(services=["returns"])
+    system = await make_system(services=["returns"], service_overrides=QUICK)
     shop = await shop_factory(system)
     async with httpx.AsyncClient(timeout=10) as http:
         r = await http.post(
@@ -355,3 +359,32 @@ async def test_the_return_label_falls_back_when_the_delivering_carrier_is_down(
     topic, approved = await shop.decision(request["return_id"])
     assert topic == topics.RETURNS_APPROVED
     assert approved["return_label"]["carrier"] != "ecoship"
+
+
+async def test_a_request_that_overtakes_its_delivery_waits_for_it(
+    make_system: MakeSystem, shop_factory
+) -> None:  # type: ignore[no-untyped-def]
+    system = await make_system(
+        services=["returns"], service_overrides={"return_decision_grace_seconds": 30.0}
+    )
+    shop = await shop_factory(system)
+    day = datetime.now(UTC) - timedelta(days=1)
+    order = order_accepted(lines=[("RACE", 1)])
+    oid = order["order_id"]
+    # the request reaches returns before the order and the delivery do
+    request = await shop.request(oid, [("RACE", 1)], day + timedelta(hours=1))
+    rid = request["return_id"]
+
+    async def status() -> str | None:
+        async with system.runtimes["returns"].pool.acquire() as conn:
+            found: str | None = await conn.fetchval(
+                "SELECT status FROM returns WHERE return_id = $1", rid
+            )
+        return found
+
+    assert await wait_for(status, what="the request recorded") == "pending"
+    await shop.publisher.send(topics.ORDERS_ACCEPTED, order, key=oid)
+    delivered = shipment_delivered(oid, delivered_at=day, lines=[("RACE", 1)])
+    await shop.publisher.send(topics.SHIPMENTS_DELIVERED, delivered, key=oid)
+    topic, _ = await shop.decision(rid)
+    assert topic == topics.RETURNS_APPROVED

@@ -112,6 +112,54 @@ async def insert_return(conn: Connection, **fields: Any) -> bool:
     return inserted is True
 
 
+async def wait_until(conn: Connection, return_id: str, *, delay: timedelta) -> None:
+    """A pending request is decided for good once ``delay`` has passed."""
+    await conn.execute(
+        "UPDATE returns SET next_attempt_at = now() + $2::interval WHERE return_id = $1",
+        return_id,
+        delay,
+    )
+
+
+async def decide(
+    conn: Connection, return_id: str, *, status: str, decided_at: datetime, **fields: Any
+) -> None:
+    """A pending request decided: rejected, or approved pending its label."""
+    names = ["status", "decided_at", *fields]
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await conn.execute(
+        f"UPDATE returns SET {assignments}, next_attempt_at = now() "
+        "WHERE return_id = $1 AND status = 'pending'",
+        return_id,
+        status,
+        decided_at,
+        *fields.values(),
+    )
+
+
+async def pending_of_order(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT * FROM returns WHERE order_id = $1 AND status = 'pending'
+        ORDER BY created_at FOR UPDATE
+        """,
+        order_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def lease_overdue_pending(conn: Connection, *, limit: int) -> list[dict[str, Any]]:
+    """Pending requests whose grace is over (the caller decides them in this transaction)."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM returns WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
 async def lease_due_labels(
     conn: Connection, *, limit: int, lease: timedelta
 ) -> list[dict[str, Any]]:
