@@ -76,7 +76,7 @@ async def retry_label(return_id: str, request: Request) -> dict[str, Any]:
     """A return label that spent its retry budget (``label_failed``) gets a fresh one."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn, conn.transaction():
-        retried = await repo.retry_failed_label(conn, return_id)
+        retried = await repo.PURCHASES.retry_failed(conn, "return_id", return_id)
         if retried:
             await notify(conn, repo.LABELS_CHANNEL)
     if not retried:

@@ -125,13 +125,7 @@ async def _purchase(
             )
             await handlers.approve_with_label(uow, ret, label, attempts=done.attempts)
         elif attempt.exhausted:
-            if await repo.give_up_label(
-                uow.conn,
-                ret["return_id"],
-                attempts=done.attempts,
-                pinned=done.pinned,
-                error=attempt.error or "",
-            ):
+            if await repo.PURCHASES.give_up(uow.conn, ret["return_id"], done, attempt.error or ""):
                 log.error(
                     "return label for %s failed %d times; waiting for ops: %s",
                     ret["return_id"],
@@ -145,15 +139,7 @@ async def _purchase(
                 attempt.error,
                 attempt.retry_in or 0,
             )
-            await repo.save_attempt(
-                uow.conn,
-                ret["return_id"],
-                chosen=done.choice is not None,
-                pinned=done.pinned,
-                attempts=done.attempts,
-                delay=timedelta(seconds=attempt.retry_in or 0),
-                error=attempt.error or "",
-            )
+            await repo.PURCHASES.save_attempt(uow.conn, ret["return_id"], attempt)
 
 
 async def decide_overdue_requests(runtime: ServiceRuntime) -> None:

@@ -78,7 +78,7 @@ async def retry_labels(order_id: str, request: Request) -> dict[str, Any]:
     """Give failed label purchases (``label_failed``) a fresh retry budget."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn, conn.transaction():
-        retried = await repo.retry_failed_labels(conn, order_id)
+        retried = await repo.PURCHASES.retry_failed(conn, "order_id", order_id)
         if retried:
             await notify(conn, repo.LABELS_CHANNEL)
     if not retried:

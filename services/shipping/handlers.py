@@ -184,15 +184,7 @@ async def buy_label_once(
         elif attempt.exhausted:
             await give_up_label(uow, shipment, state, attempt.error or "")
         else:
-            await repo.save_attempt(
-                uow.conn,
-                shipment["shipment_id"],
-                chosen=state.choice is not None,
-                pinned=state.pinned,
-                attempts=state.attempts,
-                delay=timedelta(seconds=attempt.retry_in or 0),
-                error=attempt.error or "",
-            )
+            await repo.PURCHASES.save_attempt(uow.conn, shipment["shipment_id"], attempt)
     return attempt
 
 
@@ -234,13 +226,7 @@ async def give_up_label(
     uow: UnitOfWork, shipment: dict[str, Any], state: PurchaseState, error: str
 ) -> None:
     """The retry budget is spent: ``label_failed`` and a ``shipments.exception`` for ops."""
-    if not await repo.give_up_label(
-        uow.conn,
-        shipment["shipment_id"],
-        attempts=state.attempts,
-        pinned=state.pinned,
-        error=error,
-    ):
+    if not await repo.PURCHASES.give_up(uow.conn, shipment["shipment_id"], state, error):
         return
     log.error(
         "label for order %s failed %d times; waiting for ops (last error: %s)",

@@ -8,9 +8,19 @@ from typing import Any
 from uuid import UUID
 
 from services.returns.domain.window import Delivery
+from shared.carriers.purchase_store import PurchaseRows
 from shared.db.uow import Connection
 
 LABELS_CHANNEL = "waybill_returns_labels"
+
+#: return label purchases: one per approved return (status ``label_pending`` meanwhile)
+PURCHASES = PurchaseRows(
+    table="returns",
+    id_column="return_id",
+    status_column="status",
+    carrier_column="label_carrier",
+    service_column="label_service",
+)
 
 
 async def remember_order(
@@ -196,62 +206,6 @@ async def choose_label(
         service,
         idempotency_key,
     )
-
-
-async def save_attempt(
-    conn: Connection,
-    return_id: str,
-    *,
-    chosen: bool,
-    pinned: bool,
-    attempts: int,
-    delay: timedelta,
-    error: str,
-) -> None:
-    await conn.execute(
-        """
-        UPDATE returns
-           SET attempts = $2, carrier_pinned = $3, next_attempt_at = now() + $4::interval,
-               last_error = $5,
-               label_carrier = CASE WHEN $6 THEN label_carrier END,
-               label_service = CASE WHEN $6 THEN label_service END
-         WHERE return_id = $1 AND status = 'label_pending'
-        """,
-        return_id,
-        attempts,
-        pinned,
-        delay,
-        error[:1000],
-        chosen,
-    )
-
-
-async def give_up_label(
-    conn: Connection, return_id: str, *, attempts: int, pinned: bool, error: str
-) -> bool:
-    status = await conn.execute(
-        """
-        UPDATE returns SET status = 'label_failed', attempts = $2, carrier_pinned = $3,
-                           last_error = $4
-         WHERE return_id = $1 AND status = 'label_pending'
-        """,
-        return_id,
-        attempts,
-        pinned,
-        error[:1000],
-    )
-    return status == "UPDATE 1"
-
-
-async def retry_failed_label(conn: Connection, return_id: str) -> bool:
-    status = await conn.execute(
-        """
-        UPDATE returns SET status = 'label_pending', attempts = 0, next_attempt_at = now()
-         WHERE return_id = $1 AND status = 'label_failed'
-        """,
-        return_id,
-    )
-    return status == "UPDATE 1"
 
 
 async def approve(

@@ -6,10 +6,20 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from shared.carriers.purchase_store import PurchaseRows
 from shared.db.uow import Connection
 
 LABELS_CHANNEL = "waybill_shipping_labels"
 VOIDS_CHANNEL = "waybill_shipping_voids"
+
+#: label purchases: one per shipment (state ``label_pending`` while being bought)
+PURCHASES = PurchaseRows(
+    table="shipments",
+    id_column="shipment_id",
+    status_column="state",
+    carrier_column="carrier",
+    service_column="service",
+)
 
 
 async def remember_order(
@@ -173,65 +183,6 @@ async def record_label(
         pinned,
     )
     return state
-
-
-async def save_attempt(
-    conn: Connection,
-    shipment_id: UUID,
-    *,
-    chosen: bool,
-    pinned: bool,
-    attempts: int,
-    delay: timedelta,
-    error: str,
-) -> None:
-    """After a try without a label: the budget used, whether the choice still stands."""
-    await conn.execute(
-        """
-        UPDATE shipments
-           SET attempts = $2, carrier_pinned = $3, next_attempt_at = now() + $4::interval,
-               last_error = $5,
-               carrier = CASE WHEN $6 THEN carrier END,
-               service = CASE WHEN $6 THEN service END
-         WHERE shipment_id = $1 AND state = 'label_pending'
-        """,
-        shipment_id,
-        attempts,
-        pinned,
-        delay,
-        error[:1000],
-        chosen,
-    )
-
-
-async def give_up_label(
-    conn: Connection, shipment_id: UUID, *, attempts: int, pinned: bool, error: str
-) -> bool:
-    """The retry budget is spent: the purchase waits for ops (``label_failed``)."""
-    status = await conn.execute(
-        """
-        UPDATE shipments SET state = 'label_failed', attempts = $2, carrier_pinned = $3,
-                             last_error = $4
-         WHERE shipment_id = $1 AND state = 'label_pending'
-        """,
-        shipment_id,
-        attempts,
-        pinned,
-        error[:1000],
-    )
-    return status == "UPDATE 1"
-
-
-async def retry_failed_labels(conn: Connection, order_id: str) -> int:
-    """Ops asked for another round: the budget starts again, the choice and pin stay."""
-    status = await conn.execute(
-        """
-        UPDATE shipments SET state = 'label_pending', attempts = 0, next_attempt_at = now()
-         WHERE order_id = $1 AND state = 'label_failed'
-        """,
-        order_id,
-    )
-    return int(status.split()[-1])
 
 
 async def lease_due_voids(

@@ -1,0 +1,80 @@
+"""Where a service keeps its label purchases between tries: the SQL that shipping (one row
+per shipment) and returns (one row per return) share.
+
+Each row holds the purchase's status (``label_pending`` while it is being bought), the
+chosen carrier and service, the idempotency key, whether it is pinned, the carrier calls
+used (``attempts``), when to try next (``next_attempt_at``) and the last error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shared.carriers.purchase import Attempt, PurchaseState
+from shared.db.uow import Connection
+
+
+@dataclass(frozen=True)
+class PurchaseRows:
+    """The table and column names of one service's purchases (fixed names, never input)."""
+
+    table: str
+    id_column: str
+    status_column: str
+    carrier_column: str
+    service_column: str
+
+    async def save_attempt(self, conn: Connection, row_id: object, attempt: Attempt) -> None:
+        """A try without a label: the calls used, whether the choice still stands, and when
+        to try again."""
+        state = attempt.state
+        await conn.execute(
+            f"""
+            UPDATE {self.table}
+               SET attempts = $2, carrier_pinned = $3,
+                   next_attempt_at = now() + $4::interval, last_error = $5,
+                   {self.carrier_column} = CASE WHEN $6 THEN {self.carrier_column} END,
+                   {self.service_column} = CASE WHEN $6 THEN {self.service_column} END
+             WHERE {self.id_column} = $1 AND {self.status_column} = 'label_pending'
+            """,
+            row_id,
+            state.attempts,
+            state.pinned,
+            timedelta(seconds=attempt.retry_in or 0),
+            (attempt.error or "")[:1000],
+            state.choice is not None,
+        )
+
+    async def give_up(
+        self, conn: Connection, row_id: object, state: PurchaseState, error: str
+    ) -> bool:
+        """The budget is spent: ``label_failed`` until ops retry. True if it changed now."""
+        status = await conn.execute(
+            f"""
+            UPDATE {self.table}
+               SET {self.status_column} = 'label_failed', attempts = $2, carrier_pinned = $3,
+                   last_error = $4
+             WHERE {self.id_column} = $1 AND {self.status_column} = 'label_pending'
+            """,
+            row_id,
+            state.attempts,
+            state.pinned,
+            error[:1000],
+        )
+        return status == "UPDATE 1"
+
+    async def retry_failed(self, conn: Connection, column: str, value: object) -> int:
+        """Ops asked for another round for the failed purchases whose ``column`` is
+        ``value``: the budget starts again, the choice and the pin stay."""
+        if column not in (self.id_column, "order_id"):
+            raise ValueError(f"cannot select purchases by {column!r}")
+        status = await conn.execute(
+            f"""
+            UPDATE {self.table}
+               SET {self.status_column} = 'label_pending', attempts = 0, next_attempt_at = now()
+             WHERE {column} = $1 AND {self.status_column} = 'label_failed'
+            """,
+            value,
+        )
+        return int(status.split()[-1])
