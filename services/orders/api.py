@@ -100,6 +100,7 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
     async with runtime.pool.acquire() as conn:
         order = await repo.fetch_order(conn, order_id)
         rejections = await repo.fetch_rejections(conn, order_id)
+        return_decisions = await repo.return_decisions_of(conn, order_id)
     if order is None:
         if not rejections:
             raise HTTPException(404, f"no order {order_id}")
@@ -120,6 +121,9 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         "promised": {"dispatch_by": order["dispatch_by"], "deliver_by": order["deliver_by"]},
         "timeline": order["timeline"],
         "rejections": rejections,
+        "replaces_order_id": order["replaces_order_id"],
+        # the return-decision SLA, per return (the other stages come with the SLA engine)
+        "return_decisions": return_decisions,
     }
 
 

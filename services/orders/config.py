@@ -8,3 +8,7 @@ from shared.settings import ServiceSettings
 class OrdersSettings(ServiceSettings):
     http_port: int = Field(default=8081, validation_alias=AliasChoices("WAYBILL_ORDERS_PORT"))
     promise_time_zone: str = "Europe/Berlin"
+    #: a return request must be decided (approved or rejected) within this many seconds
+    return_decision_seconds: float = Field(default=60.0, gt=0, le=86400)
+    #: how often open SLA deadlines are checked against the clock
+    sla_check_seconds: float = Field(default=5.0, gt=0, le=3600)

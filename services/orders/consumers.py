@@ -7,14 +7,16 @@ never reads another service's tables.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from services.orders import handlers
 from services.orders.shop_promises import ShopPromises
+from shared.clock import Clock
 from shared.db import UnitOfWork
 from shared.events import (
     Event,
+    ExchangeRequested,
     OrderCancellationRequested,
     OrderPacked,
     OrderPlaced,
@@ -73,7 +75,14 @@ def _progress(
         )
 
 
-def build_consumer(*, schema: str, promises: ShopPromises, **options: Any) -> EventConsumer:
+def build_consumer(
+    *,
+    schema: str,
+    promises: ShopPromises,
+    clock: Clock,
+    return_decision_within: timedelta = timedelta(seconds=60),
+    **options: Any,
+) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-orders", schema=schema, **options)
 
     @consumer.handles(
@@ -148,16 +157,47 @@ def build_consumer(*, schema: str, promises: ShopPromises, **options: Any) -> Ev
         "sla_breached",
         detail=lambda e: {"stage": e.stage, "deadline": e.deadline.isoformat()},
     )
-    _progress(
-        consumer,
-        ReturnRequested,
-        "return_requested",
-        at=lambda e: e.requested_at,
-        detail=lambda e: {"return_id": e.return_id},
-        ignore_invalid=True,
-    )
-    _progress(consumer, ReturnApproved, "return_approved", detail=lambda e: {"rma": e.rma})
-    _progress(consumer, ReturnRejected, "return_rejected", detail=lambda e: {"reason": e.reason})
+
+    @consumer.handles(ReturnRequested, on_invalid=_ignore)
+    async def on_return_requested(event: ReturnRequested, uow: UnitOfWork) -> None:
+        await handlers.return_requested(
+            event, uow, now=clock.now(), decision_within=return_decision_within
+        )
+
+    @consumer.handles(ReturnApproved)
+    async def on_return_approved(event: ReturnApproved, uow: UnitOfWork) -> None:
+        await handlers.record_progress(
+            uow,
+            order_id=event.order_id,
+            status="return_approved",
+            at=event.occurred_at,
+            topic=event.TOPIC,
+            event_id=event.event_id,
+            detail={"return_id": event.return_id, "rma": event.rma},
+        )
+        await handlers.return_decided(
+            uow, return_id=event.return_id, decision="approved", now=clock.now()
+        )
+
+    @consumer.handles(ReturnRejected)
+    async def on_return_rejected(event: ReturnRejected, uow: UnitOfWork) -> None:
+        await handlers.record_progress(
+            uow,
+            order_id=event.order_id,
+            status="return_rejected",
+            at=event.occurred_at,
+            topic=event.TOPIC,
+            event_id=event.event_id,
+            detail={"return_id": event.return_id, "reason": event.reason},
+        )
+        await handlers.return_decided(
+            uow, return_id=event.return_id, decision="rejected", now=clock.now()
+        )
+
+    @consumer.handles(ExchangeRequested)
+    async def on_exchange_requested(event: ExchangeRequested, uow: UnitOfWork) -> None:
+        await handlers.exchange(event, uow, promises=promises, now=clock.now())
+
     _progress(consumer, ReturnReceived, "returned", detail=lambda e: {"return_id": e.return_id})
     _progress(
         consumer,

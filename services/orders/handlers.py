@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
@@ -14,16 +15,20 @@ from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared.db import UnitOfWork
 from shared.events import (
+    ExchangeRequested,
     FieldReason,
     OrderAccepted,
     OrderCancellationRejected,
     OrderCancellationRequested,
     OrderCancelled,
+    OrderLine,
     OrderPlaced,
     OrderRejected,
+    ReturnRequested,
+    SlaBreached,
 )
 from shared.events.base import ORDER_ID_PATTERN
-from shared.messaging import InvalidEvent
+from shared.messaging import InvalidEvent, PermanentFailure
 
 _ORDER_ID = re.compile(ORDER_ID_PATTERN)
 
@@ -37,16 +42,23 @@ def content_hash(order: OrderPlaced) -> str:
 
 
 async def place_order(
-    order: OrderPlaced, uow: UnitOfWork, *, promises: ShopPromises
+    order: OrderPlaced,
+    uow: UnitOfWork,
+    *,
+    promises: ShopPromises,
+    replaces: tuple[str, str] | None = None,
 ) -> IntakeOutcome:
     """Accept a new order and promise its dates; a resubmission is a no-op or a conflict.
 
     The promise is the house one unless the shop has its own (``PUT /shops/{id}/promise``).
+    ``replaces``: (order_id, return_id) when this is an exchange's replacement order.
     """
     digest = content_hash(order)
     policy = await promises.policy_for(uow.conn, order.shop_id)
     promise = promise_for(order.placed_at, order.service_level, policy)
-    if not await repo.insert_order(uow.conn, order, content_hash=digest, promise=promise):
+    if not await repo.insert_order(
+        uow.conn, order, content_hash=digest, promise=promise, replaces=replaces
+    ):
         if await repo.content_hash_of(uow.conn, order.order_id) == digest:
             return "duplicate"
         reasons = [
@@ -85,6 +97,7 @@ async def place_order(
         lines=order.lines,
         ship_to=order.ship_to,
         promised=promise,
+        replaces_order_id=replaces[0] if replaces else None,
     )
     await repo.append_timeline(
         uow.conn,
@@ -93,10 +106,101 @@ async def place_order(
         at=accepted.occurred_at,
         topic=accepted.TOPIC,
         event_id=accepted.event_id,
-        detail={"promised": promise.model_dump(mode="json")},
+        detail={"promised": promise.model_dump(mode="json")}
+        | ({"replaces_order_id": replaces[0], "return_id": replaces[1]} if replaces else {}),
     )
     uow.emit(accepted)
     return "accepted"
+
+
+async def exchange(
+    request: ExchangeRequested, uow: UnitOfWork, *, promises: ShopPromises, now: datetime
+) -> None:
+    """An approved exchange: a replacement order for ``request.lines``, made from this
+    service's own copy of the original (shop, customer, address, currency, service level),
+    accepted like any order so that it is reserved, picked and shipped. The lines cost
+    nothing: the customer paid with the original order. The original ends ``exchanged``.
+    The same replacement_order_id again changes nothing."""
+    original = await repo.fetch_order(uow.conn, request.order_id)
+    if original is None:
+        raise PermanentFailure(f"exchange for unknown order {request.order_id}")
+    replacement = OrderPlaced(
+        event_id=request.event_id,
+        order_id=request.replacement_order_id,
+        shop_id=original["shop_id"],
+        placed_at=now,
+        service_level=original["service_level"],
+        currency=original["currency"],
+        customer=original["customer"],
+        ship_to=original["ship_to"],
+        lines=[
+            OrderLine(sku=line.sku, quantity=line.quantity, unit_price=Decimal("0.00"))
+            for line in request.lines
+        ],
+    )
+    outcome = await place_order(
+        replacement, uow, promises=promises, replaces=(request.order_id, request.return_id)
+    )
+    if outcome != "accepted":
+        return
+    await record_progress(
+        uow,
+        order_id=request.order_id,
+        status="exchanged",
+        at=now,
+        topic=request.TOPIC,
+        event_id=request.event_id,
+        detail={
+            "return_id": request.return_id,
+            "replacement_order_id": request.replacement_order_id,
+        },
+    )
+
+
+async def return_requested(
+    request: ReturnRequested, uow: UnitOfWork, *, now: datetime, decision_within: timedelta
+) -> None:
+    """Timeline, and the return-decision deadline: counted from when Waybill saw it."""
+    await record_progress(
+        uow,
+        order_id=request.order_id,
+        status="return_requested",
+        at=request.requested_at,
+        topic=request.TOPIC,
+        event_id=request.event_id,
+        detail={"return_id": request.return_id},
+    )
+    if await repo.lock_status(uow.conn, request.order_id) is None:
+        return  # not an order of ours: returns rejects it, nobody waits for a decision
+    await repo.record_return_request(
+        uow.conn,
+        return_id=request.return_id,
+        order_id=request.order_id,
+        seen_at=now,
+        deadline=now + decision_within,
+    )
+
+
+async def return_decided(uow: UnitOfWork, *, return_id: str, decision: str, now: datetime) -> None:
+    """A decision: a late one breaches the SLA now, unless the watcher already did."""
+    late = await repo.record_return_decision(
+        uow.conn, return_id=return_id, decision=decision, decided_at=now
+    )
+    if late is not None:
+        await breach_return_decision(
+            uow, return_id=return_id, order_id=late["order_id"], deadline=late["deadline"], at=now
+        )
+
+
+async def breach_return_decision(
+    uow: UnitOfWork, *, return_id: str, order_id: str, deadline: datetime, at: datetime
+) -> None:
+    if await repo.mark_return_decision_breached(uow.conn, return_id, at):
+        uow.emit(
+            SlaBreached(
+                order_id=order_id, stage="return_decision", deadline=deadline, observed_at=at
+            )
+        )
 
 
 def usable_order_id(payload: dict[str, Any]) -> str | None:

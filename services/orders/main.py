@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from importlib.resources import files
 
 from fastapi import FastAPI
@@ -11,8 +12,9 @@ from services.orders.config import OrdersSettings
 from services.orders.consumers import build_consumer
 from services.orders.domain.promises import PromisePolicy
 from services.orders.shop_promises import ShopPromises
+from services.orders.workers import watch_return_decisions
 from shared import topics
-from shared.clock import Clock
+from shared.clock import Clock, SystemClock
 from shared.db import MigrationSource
 from shared.http import create_service_app
 from shared.runtime import ServiceDefinition, ServiceRuntime
@@ -29,11 +31,14 @@ def build_runtime(
     clock: Clock | None = None,
 ) -> ServiceRuntime:
     settings = settings or OrdersSettings()
+    clock = clock or SystemClock()
     policy = PromisePolicy(time_zone=settings.promise_time_zone)
     promises = ShopPromises(policy)
     consumer = build_consumer(
         schema=NAME,
         promises=promises,
+        clock=clock,
+        return_decision_within=timedelta(seconds=settings.return_decision_seconds),
         max_attempts=settings.consumer_max_attempts,
         retry_base_seconds=settings.consumer_retry_base_seconds,
     )
@@ -48,12 +53,14 @@ def build_runtime(
             topics.ORDERS_CANCELLATION_REJECTED,
             topics.SLA_BREACHED,
         ],
+        workers=[watch_return_decisions],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
     runtime.extras["promise_policy"] = policy
     runtime.extras["shop_promises"] = promises
+    runtime.extras["sla_check_seconds"] = settings.sla_check_seconds
     return runtime
 
 

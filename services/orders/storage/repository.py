@@ -13,14 +13,21 @@ from shared.events import OrderPlaced, Promise
 
 
 async def insert_order(
-    conn: Connection, order: OrderPlaced, *, content_hash: str, promise: Promise
+    conn: Connection,
+    order: OrderPlaced,
+    *,
+    content_hash: str,
+    promise: Promise,
+    replaces: tuple[str, str] | None = None,
 ) -> bool:
-    """Insert a new order; False when the order_id exists already."""
+    """Insert a new order; False when the order_id exists already. ``replaces``: the
+    (order_id, return_id) an exchange's replacement order stands for."""
     inserted = await conn.fetchval(
         """
         INSERT INTO orders (order_id, shop_id, status, service_level, currency, placed_at,
-                            content_hash, lines, ship_to, customer, dispatch_by, deliver_by)
-        VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                            content_hash, lines, ship_to, customer, dispatch_by, deliver_by,
+                            replaces_order_id, replaces_return_id)
+        VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (order_id) DO NOTHING
         RETURNING true
         """,
@@ -35,6 +42,8 @@ async def insert_order(
         order.customer.model_dump(mode="json"),
         promise.dispatch_by,
         promise.deliver_by,
+        replaces[0] if replaces else None,
+        replaces[1] if replaces else None,
     )
     return inserted is True
 
@@ -179,3 +188,75 @@ async def save_shop_promise_policy(conn: Connection, shop_id: str, policy: Promi
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+async def record_return_request(
+    conn: Connection, *, return_id: str, order_id: str, seen_at: datetime, deadline: datetime
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO return_decisions (return_id, order_id, requested_at, deadline)
+        VALUES ($1, $2, $3, $4) ON CONFLICT (return_id) DO NOTHING
+        """,
+        return_id,
+        order_id,
+        seen_at,
+        deadline,
+    )
+
+
+async def record_return_decision(
+    conn: Connection, *, return_id: str, decision: str, decided_at: datetime
+) -> dict[str, Any] | None:
+    """The decision's time, once; returns the row when its deadline had passed unbreached."""
+    row = await conn.fetchrow(
+        """
+        UPDATE return_decisions SET decided_at = $3, decision = $2
+        WHERE return_id = $1 AND decided_at IS NULL
+        RETURNING order_id, deadline, breached_at
+        """,
+        return_id,
+        decision,
+        decided_at,
+    )
+    if row is None or row["breached_at"] is not None or decided_at <= row["deadline"]:
+        return None
+    return dict(row)
+
+
+async def overdue_return_decisions(
+    conn: Connection, *, now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT return_id, order_id, deadline FROM return_decisions
+        WHERE decided_at IS NULL AND breached_at IS NULL AND deadline < $1
+        ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED
+        """,
+        now,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def mark_return_decision_breached(conn: Connection, return_id: str, at: datetime) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE return_decisions SET breached_at = $2
+        WHERE return_id = $1 AND breached_at IS NULL
+        """,
+        return_id,
+        at,
+    )
+    return status == "UPDATE 1"
+
+
+async def return_decisions_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT return_id, requested_at, deadline, decided_at, decision, breached_at
+        FROM return_decisions WHERE order_id = $1 ORDER BY requested_at
+        """,
+        order_id,
+    )
+    return [dict(r) for r in rows]
