@@ -70,18 +70,22 @@ async def get_stock(sku: str, request: Request) -> dict[str, Any]:
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         bins = await repo.stock_of_sku(conn, sku)
-    warehouses: dict[str, dict[str, Any]] = {}
+        written_off = await repo.written_off(conn, sku)
+    # every warehouse with stock or with damaged returns of the sku written off
+    names = dict.fromkeys([*(b["warehouse_id"] for b in bins), *written_off])
+    warehouses: dict[str, dict[str, Any]] = {
+        name: {
+            "warehouse_id": name,
+            "on_hand": 0,
+            "reserved": 0,
+            "available": 0,
+            "written_off": written_off.get(name, 0),
+            "bins": [],
+        }
+        for name in names
+    }
     for b in bins:
-        w = warehouses.setdefault(
-            b["warehouse_id"],
-            {
-                "warehouse_id": b["warehouse_id"],
-                "on_hand": 0,
-                "reserved": 0,
-                "available": 0,
-                "bins": [],
-            },
-        )
+        w = warehouses[b["warehouse_id"]]
         for k in ("on_hand", "reserved", "available"):
             w[k] += b[k]
         w["bins"].append({k: b[k] for k in ("bin", "on_hand", "reserved", "available")})

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.inventory import handlers
+from services.inventory import handlers, returns
 from shared.clock import Clock
 from shared.db import UnitOfWork
-from shared.events import OrderAccepted, OrderCancelled, StockReceived
+from shared.events import (
+    OrderAccepted,
+    OrderCancelled,
+    ReturnApproved,
+    ReturnReceived,
+    StockReceived,
+)
 from shared.messaging import EventConsumer
 
 
@@ -25,5 +31,13 @@ def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any)
     @consumer.handles(StockReceived)
     async def on_stock_received(event: StockReceived, uow: UnitOfWork) -> None:
         await handlers.receive_stock(event, uow, autopick=autopick, now=clock.now())
+
+    @consumer.handles(ReturnApproved)
+    async def on_return_approved(event: ReturnApproved, uow: UnitOfWork) -> None:
+        await returns.expect_return(event, uow)
+
+    @consumer.handles(ReturnReceived)
+    async def on_return_received(event: ReturnReceived, uow: UnitOfWork) -> None:
+        await returns.restock_return(event, uow, autopick=autopick, now=clock.now())
 
     return consumer

@@ -50,6 +50,7 @@ def build_runtime(
             topics.STOCK_RESTOCKED,
             topics.PICKLISTS_CREATED,
             topics.ORDERS_PACKED,
+            topics.WAREHOUSE_RETURN_SCANNED,
         ],
         workers=[build_waves],
     )

@@ -26,10 +26,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, Field, ValidationError
 
-from services.inventory import picking
+from services.inventory import picking, returns
 from services.inventory.storage import picking as store
+from services.inventory.storage import repository as inventory_repo
 from shared.db import UnitOfWork, unit_of_work
-from shared.events import Parcel
+from shared.events import Parcel, ReceivedLine
 from shared.events.base import Identifier, Sku
 from shared.http import require_role, role_of_token, runtime_of
 
@@ -367,6 +368,7 @@ async def warehouse_page(warehouse_id: str, request: Request, token: str | None 
         if name is None:
             return _not_found(request, f"There is no warehouse {warehouse_id!r}.")
         found = await picking.list_picklists(uow, warehouse_id=warehouse_id, status="open")
+        expected = await inventory_repo.expected_returns(uow.conn, warehouse_id=warehouse_id)
     flash = _read_flash(request)
     response = _render(
         request,
@@ -377,6 +379,7 @@ async def warehouse_page(warehouse_id: str, request: Request, token: str | None 
         flash=flash,
         picklists=_page_picklists(found, request, focus=(flash or {}).get("focus")),
         max_parcels=MAX_PARCELS,
+        returns=expected,
     )
     if flash is not None:
         response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
@@ -602,6 +605,57 @@ async def pack(warehouse_id: str, request: Request) -> Response:
         kind="ok",
         text=f"Order {result.order_id} packed in {count} parcel{'s' if count != 1 else ''}.",
     )
+
+
+@router.post("/warehouse/{warehouse_id}/returns/{return_id}/receive", include_in_schema=False)
+async def receive_return(warehouse_id: str, return_id: str, request: Request) -> Response:
+    """A return parcel received: sellable and damaged quantities per line."""
+    refused = await _form_guard(request, warehouse_id)
+    if refused is not None:
+        return refused
+    form = await request.form()
+    lines: list[ReceivedLine] = []
+    try:
+        for sku, sellable, damaged in zip(
+            form.getlist("sku"), form.getlist("sellable"), form.getlist("damaged"), strict=True
+        ):
+            for condition, raw in (("sellable", sellable), ("damaged", damaged)):
+                quantity = int(str(raw).strip() or "0")
+                if quantity < 0:
+                    raise ValueError("quantities cannot be negative")
+                if quantity:
+                    lines.append(ReceivedLine(sku=str(sku), quantity=quantity, condition=condition))
+    except (ValueError, ValidationError) as exc:
+        text = f"Not received: enter whole numbers ({_lower_first(str(exc).splitlines()[0])})."
+        return _back(request, warehouse_id, kind="error", text=text)
+    now = runtime_of(request).clock.now()
+    try:
+        expected = await _in_transaction(
+            request,
+            lambda uow: returns.scan_return(
+                uow, warehouse_id=warehouse_id, return_id=return_id, lines=lines, now=now
+            ),
+        )
+    except returns.ReceiptRefused as exc:
+        return _back(
+            request, warehouse_id, kind="error", text="Not received: " + _sentence(str(exc))
+        )
+    counted = sum(line.quantity for line in lines)
+    return _back(
+        request,
+        warehouse_id,
+        kind="ok",
+        text=f"{expected['rma']} received: {counted} item{'s' if counted != 1 else ''}.",
+    )
+
+
+@router.get("/returns/expected", dependencies=[Depends(require_role("warehouse", "ops"))])
+async def get_expected_returns(request: Request, warehouse_id: str | None = None) -> dict[str, Any]:
+    """Returns on their way back (approved, not yet received), oldest first."""
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        found = await inventory_repo.expected_returns(conn, warehouse_id=warehouse_id)
+    return {"returns": found}
 
 
 @router.get("/warehouse/{warehouse_id}/picklists/{picklist_id}/print", include_in_schema=False)

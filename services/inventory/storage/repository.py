@@ -256,3 +256,119 @@ async def release_reservations(conn: Connection, order_id: str) -> list[tuple[Pi
             [r["quantity"] for r in chosen],
         )
     return [(Pick(r["warehouse_id"], r["sku"], r["bin"], r["quantity"]), r["status"]) for r in rows]
+
+
+# --- returns ----------------------------------------------------------------------------
+
+
+async def expect_return(
+    conn: Connection,
+    *,
+    return_id: str,
+    rma: str,
+    order_id: str,
+    warehouse_id: str | None,
+    lines: list[dict[str, Any]],
+    resolution: str,
+    approved_at: datetime,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO expected_returns (return_id, rma, order_id, warehouse_id, lines,
+                                      resolution, approved_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (return_id) DO NOTHING
+        """,
+        return_id,
+        rma,
+        order_id,
+        warehouse_id,
+        lines,
+        resolution,
+        approved_at,
+    )
+
+
+async def expected_returns(
+    conn: Connection, *, warehouse_id: str | None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Returns still to be received (of one warehouse, or all), oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT return_id, rma, order_id, warehouse_id, lines, resolution, status, approved_at
+        FROM expected_returns
+        WHERE status = 'expected' AND ($1::text IS NULL OR warehouse_id = $1)
+        ORDER BY approved_at, rma LIMIT $2
+        """,
+        warehouse_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def lock_expected_return(conn: Connection, return_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM expected_returns WHERE return_id = $1 FOR UPDATE", return_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def mark_return(conn: Connection, return_id: str, *, status: str, at: datetime) -> None:
+    column = {"scanned": "scanned_at", "received": "received_at"}[status]
+    await conn.execute(
+        f"UPDATE expected_returns SET status = $2, {column} = $3 WHERE return_id = $1",
+        return_id,
+        status,
+        at,
+    )
+
+
+async def restock(
+    conn: Connection, *, return_id: str, warehouse_id: str, sku: str, quantity: int
+) -> bool:
+    """Put a return's sellable goods back in the sku's first bin in that warehouse (or the
+    default bin); False if this return's sku was restocked already."""
+    bin_ = await conn.fetchval(
+        "SELECT min(bin) FROM stock WHERE warehouse_id = $1 AND sku = $2", warehouse_id, sku
+    )
+    recorded = await conn.fetchval(
+        """
+        INSERT INTO restocks (return_id, sku, warehouse_id, bin, quantity)
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true
+        """,
+        return_id,
+        sku,
+        warehouse_id,
+        bin_ or DEFAULT_BIN,
+        quantity,
+    )
+    if recorded is not True:
+        return False
+    await receive_stock(
+        conn, warehouse_id=warehouse_id, sku=sku, bin=bin_ or DEFAULT_BIN, quantity=quantity
+    )
+    return True
+
+
+async def write_off(
+    conn: Connection, *, return_id: str, warehouse_id: str, sku: str, quantity: int
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO write_offs (return_id, sku, warehouse_id, quantity)
+        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+        """,
+        return_id,
+        sku,
+        warehouse_id,
+        quantity,
+    )
+
+
+async def written_off(conn: Connection, sku: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT warehouse_id, sum(quantity)::int AS q FROM write_offs WHERE sku = $1 "
+        "GROUP BY warehouse_id",
+        sku,
+    )
+    return {r["warehouse_id"]: r["q"] for r in rows}

@@ -1,0 +1,125 @@
+"""Returns in the warehouse: expected parcels by RMA, receiving them on the warehouse page,
+and putting what comes back sellable on the shelf again (damaged goods are written off).
+
+Returns (the service) decides and is the authority on what was received: the page's
+receipt goes to it as ``warehouse.return-scanned``, and stock only changes on its
+``returns.received``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from services.inventory.handlers import serve_backorders
+from services.inventory.storage import repository as repo
+from shared.db import UnitOfWork
+from shared.events import (
+    ReceivedLine,
+    ReturnApproved,
+    ReturnReceived,
+    ReturnScanned,
+    StockRestocked,
+)
+from shared.messaging import PermanentFailure
+
+
+class ReceiptRefused(Exception):
+    """A receipt on the page that does not fit the expected return."""
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def expect_return(event: ReturnApproved, uow: UnitOfWork) -> None:
+    await repo.expect_return(
+        uow.conn,
+        return_id=event.return_id,
+        rma=event.rma,
+        order_id=event.order_id,
+        warehouse_id=event.warehouse_id,
+        lines=[line.model_dump() for line in event.lines],
+        resolution=event.resolution,
+        approved_at=event.occurred_at,
+    )
+
+
+def check_receipt(expected: dict[str, Any], lines: list[ReceivedLine]) -> None:
+    """Raise ReceiptRefused unless ``lines`` take back at most what the return announced."""
+    wanted: dict[str, int] = defaultdict(int)
+    for line in expected["lines"]:
+        wanted[line["sku"]] += int(line["quantity"])
+    got: dict[str, int] = defaultdict(int)
+    for line in lines:
+        got[line.sku] += line.quantity
+    if not got:
+        raise ReceiptRefused("nothing received: enter at least one item")
+    for sku, quantity in got.items():
+        if sku not in wanted:
+            raise ReceiptRefused(f"{sku} is not part of {expected['rma']}")
+        if quantity > wanted[sku]:
+            raise ReceiptRefused(
+                f"{quantity} x {sku} received, but {expected['rma']} announced {wanted[sku]}"
+            )
+
+
+async def scan_return(
+    uow: UnitOfWork, *, warehouse_id: str, return_id: str, lines: list[ReceivedLine], now: datetime
+) -> dict[str, Any]:
+    """Staff received a return parcel: check it, then tell returns (once)."""
+    expected = await repo.lock_expected_return(uow.conn, return_id)
+    if expected is None or expected["warehouse_id"] != warehouse_id:
+        raise ReceiptRefused(f"no return {return_id} expected in {warehouse_id}", status=404)
+    if expected["status"] != "expected":
+        raise ReceiptRefused(f"{expected['rma']} was received already", status=409)
+    check_receipt(expected, lines)
+    await repo.mark_return(uow.conn, return_id, status="scanned", at=now)
+    uow.emit(ReturnScanned(return_id=return_id, warehouse_id=warehouse_id, lines=lines))
+    return expected
+
+
+async def restock_return(
+    event: ReturnReceived, uow: UnitOfWork, *, autopick: bool, now: datetime
+) -> None:
+    """Sellable goods back on hand where they were shipped from (then backorders waiting on
+    them are served); damaged goods written off. Once per return and sku."""
+    warehouse_id = event.warehouse_id
+    if warehouse_id is None or not await repo.warehouse_exists(uow.conn, warehouse_id):
+        raise PermanentFailure(
+            f"return {event.return_id} received for unknown warehouse {warehouse_id!r}"
+        )
+    sellable: dict[str, int] = defaultdict(int)
+    damaged: dict[str, int] = defaultdict(int)
+    for line in event.lines:
+        (sellable if line.condition == "sellable" else damaged)[line.sku] += line.quantity
+    for sku, quantity in sorted(damaged.items()):
+        await repo.write_off(
+            uow.conn,
+            return_id=event.return_id,
+            warehouse_id=warehouse_id,
+            sku=sku,
+            quantity=quantity,
+        )
+    for sku, quantity in sorted(sellable.items()):
+        if not await repo.restock(
+            uow.conn,
+            return_id=event.return_id,
+            warehouse_id=warehouse_id,
+            sku=sku,
+            quantity=quantity,
+        ):
+            continue
+        uow.emit(
+            StockRestocked(
+                return_id=event.return_id,
+                order_id=event.order_id,
+                warehouse_id=warehouse_id,
+                sku=sku,
+                quantity=quantity,
+            )
+        )
+        await serve_backorders(uow, sku, autopick=autopick, now=now)
+    if await repo.lock_expected_return(uow.conn, event.return_id) is not None:
+        await repo.mark_return(uow.conn, event.return_id, status="received", at=now)
