@@ -177,8 +177,8 @@ async def run_up(options: UpOptions) -> int:
             str(ports["sandbox"]),
             "--webhook-url",
             f"{urls['shipping']}/webhooks/carriers/{{carrier}}",
-            "--webhook-secret",
-            webhook_secret,
+            # the secret travels in the environment (base_env), never on a command line:
+            # other users can read those, and a random one starting with "-" is an option
         ]
         if options.demo:
             sandbox_argv += ["--auto-advance", "--step-seconds", "1.0"]
