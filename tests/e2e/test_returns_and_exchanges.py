@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 WATCHED = [
     topics.ORDERS_ACCEPTED,
     topics.STOCK_RESERVED,
+    topics.STOCK_BACKORDERED,
     topics.SHIPMENTS_LABEL_CREATED,
     topics.SHIPMENTS_SHIPPED,
     topics.SHIPMENTS_DELIVERED,
@@ -46,7 +47,7 @@ async def test_a_refund_restocks_and_an_exchange_ships_a_replacement(
             assert r.status_code == 200, r.text
             return int(sum(w["on_hand"] for w in r.json()["warehouses"]))
 
-        refund_order = order_placed(lines=[("TEE-M", 2)])
+        refund_order = order_placed(lines=[("TEE-M", 3)])
         exchange_order = order_placed(lines=[("TEE-M", 1)])
         delivered_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
         for order in (refund_order, exchange_order):
@@ -55,9 +56,9 @@ async def test_a_refund_restocks_and_an_exchange_ships_a_replacement(
             label = (await log.wait(topics.SHIPMENTS_LABEL_CREATED, order_id=oid))[0]
             await _deliver(http, urls["sandbox"], label["tracking_number"], delivered_at)
             await log.wait(topics.SHIPMENTS_DELIVERED, order_id=oid)
-        assert await on_hand("TEE-M") == 2  # 5 received, 3 shipped
+        assert await on_hand("TEE-M") == 1  # 5 received, 4 shipped
 
-        # a refund: 2 back, one sellable and one damaged
+        # a refund: 2 of the 3 back, one sellable and one damaged
         refund = return_requested(
             order_id=refund_order["order_id"], lines=[("TEE-M", 2)], requested_at=delivered_at
         )
@@ -79,7 +80,7 @@ async def test_a_refund_restocks_and_an_exchange_ships_a_replacement(
         assert (money["amount"], money["currency"]) == ("39.98", "EUR")
         (restocked,) = await log.wait(topics.STOCK_RESTOCKED, return_id=refund["return_id"])
         assert (restocked["sku"], restocked["quantity"]) == ("TEE-M", 1)
-        assert await wait_for(lambda: _equals(on_hand("TEE-M"), 3), what="one tee back on hand")
+        assert await wait_for(lambda: _equals(on_hand("TEE-M"), 2), what="one tee back on hand")
 
         # an exchange for another size that is in stock
         await _stock_warehouse(http, system, "TEE-L", 1)
@@ -112,6 +113,23 @@ async def test_a_refund_restocks_and_an_exchange_ships_a_replacement(
             return status if status == "exchanged" else None
 
         assert await wait_for(original_status, what="the original order exchanged") == "exchanged"
+
+        # an exchange for something out of stock: the shop sees the replacement backordered
+        sold_out = return_requested(
+            order_id=refund_order["order_id"],
+            lines=[("TEE-M", 1)],
+            requested_at=delivered_at + timedelta(days=1),
+            resolution="exchange",
+            exchange_for=[{"sku": "TEE-XXL", "quantity": 1}],
+        )
+        # (the refund took back two of its three tees; this takes back the third)
+        await shop.send(topics.RETURNS_REQUESTED, sold_out, key=sold_out["order_id"])
+        waiting = await wait_for(
+            lambda: _replacement_of(log.about(topics.ORDERS_ACCEPTED), refund_order),
+            what="the second replacement order",
+        )
+        (backordered,) = await log.wait(topics.STOCK_BACKORDERED, order_id=waiting["order_id"])
+        assert backordered["missing"] == [{"sku": "TEE-XXL", "quantity": 1}]
 
 
 async def _equals(value: Any, expected: int) -> bool:
