@@ -16,7 +16,14 @@ from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierError, LabelRequest, Place, RateRequest
 from shared.carriers.base import Label, Quotes, TrackingEvent
-from shared.carriers.purchase import Attempt, Choice, LabelPurchaser, Pick, PurchaseState
+from shared.carriers.purchase import (
+    Attempt,
+    Choice,
+    LabelPurchaser,
+    Pick,
+    PurchaseState,
+    carrier_call,
+)
 from shared.db import UnitOfWork, unit_of_work
 from shared.db.notify import notify
 from shared.events import (
@@ -261,8 +268,12 @@ async def void_label_once(
             # (or buys it), so that it can be voided rather than left unpaid-for and unused.
             state = purchase_state(shipment)
             assert state.choice is not None
-            label = await purchaser.gateway.buy_label(
-                label_request(shipment, state.choice), idempotency_key=state.choice.idempotency_key
+            label = await carrier_call(
+                purchaser.gateway.buy_label(
+                    label_request(shipment, state.choice),
+                    idempotency_key=state.choice.idempotency_key,
+                ),
+                maybe_processed=True,
             )
             async with pool.acquire() as conn:
                 await repo.attach_label_to_void(
@@ -274,7 +285,9 @@ async def void_label_once(
                 )
             carrier_shipment_id = label.carrier_shipment_id
             attempts += 1
-        await purchaser.gateway.cancel_label(carrier, carrier_shipment_id)
+        await carrier_call(
+            purchaser.gateway.cancel_label(carrier, carrier_shipment_id), maybe_processed=True
+        )
     except CarrierError as exc:
         if exc.retryable:
             if exc.status != 429:

@@ -25,12 +25,14 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.carriers.base import CarrierError, CarrierGateway, Label, LabelRequest, Quotes
 from shared.carriers.resilience import CarrierBreakers, RetryPolicy
 
 log = logging.getLogger("waybill.carriers.purchase")
+
+T = TypeVar("T")
 
 #: a purchase waiting for a busy half-open carrier (another call holds the trial) looks again
 #: after about this long
@@ -86,6 +88,21 @@ class Pick:
 Chooser = Callable[[Quotes], Pick | None]
 
 
+async def carrier_call(call: Awaitable[T], *, maybe_processed: bool) -> T:
+    """A gateway call; anything but a CarrierError (an answer the adapter could not map, a
+    bug) counts as a failed carrier call, so that it uses the budget instead of crashing
+    the worker over and over."""
+    try:
+        return await call
+    except CarrierError:
+        raise
+    except Exception as exc:
+        log.exception("carrier call failed unexpectedly")
+        raise CarrierError(
+            f"unexpected failure: {exc!r}", retryable=True, maybe_processed=maybe_processed
+        ) from exc
+
+
 def key_for(prefix: str, carrier: str, service: str) -> str:
     """The idempotency key of one carrier service for one label."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{carrier}-{service}")
@@ -139,7 +156,7 @@ class LabelPurchaser:
                 if asked is not None and not asked:
                     return self._wait_for_breakers(state, calls)
                 calls += 1
-                quotes = await quote(asked)
+                quotes = await carrier_call(quote(asked), maybe_processed=False)
                 self._learn(quotes)
                 picked = choose(quotes)
                 if picked is None:
@@ -163,8 +180,11 @@ class LabelPurchaser:
                 )
             calls += 1
             try:
-                label = await self.gateway.buy_label(
-                    label_request(choice), idempotency_key=choice.idempotency_key
+                label = await carrier_call(
+                    self.gateway.buy_label(
+                        label_request(choice), idempotency_key=choice.idempotency_key
+                    ),
+                    maybe_processed=True,
                 )
             except CarrierError as exc:
                 self._judge(choice.carrier, exc)

@@ -40,7 +40,7 @@ class ScriptedCarriers:
     """Quotes every carrier it knows; buying fails as scripted per carrier, then sells."""
 
     prices: dict[str, str]
-    failures: dict[str, list[CarrierError]] = field(default_factory=dict)
+    failures: dict[str, list[Exception]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     bought: list[tuple[str, str]] = field(default_factory=list)  # (carrier, key)
     asked: list[Collection[str] | None] = field(default_factory=list)
@@ -212,3 +212,12 @@ async def test_the_budget_counts_carrier_calls() -> None:
     last = await attempt(buyer, first.state, saved)
     assert last.exhausted and last.retry_in is None and last.state.attempts == 3
     assert last.error == "timed out"
+
+
+async def test_an_answer_the_adapter_cannot_read_is_a_failed_call_that_may_have_bought() -> None:
+    carriers = ScriptedCarriers({"cheap": "3"}, failures={"cheap": [KeyError("tracking_code")]})
+    buyer, saved = purchaser(carriers, clock()), []
+    outcome = await attempt(buyer, PurchaseState("waybill-s1"), saved)
+    assert outcome.label is None and outcome.retry_in is not None
+    assert outcome.state.pinned and outcome.state.attempts == 2
+    assert "unexpected failure" in (outcome.error or "")
