@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import time
+from datetime import datetime, time
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from services.orders import handlers
 from services.orders.consumers import MAX_ORDER_BYTES
 from services.orders.domain.promises import PromisePolicy
+from services.orders.domain.sla import at_risk_from, state_of
 from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared.db import unit_of_work
@@ -70,11 +71,21 @@ async def submit_order(request: Request) -> JSONResponse:
         if not await uow.claim(inbox, [order.event_id]):
             outcome = "duplicate"
         else:
-            outcome = await handlers.place_order(order, uow, promises=promises)
+            outcome = await handlers.place_order(
+                order, uow, promises=promises, now=runtime.clock.now()
+            )
     status = {"accepted": "accepted", "duplicate": "accepted", "conflict": "rejected"}[outcome]
     return JSONResponse(
         {"order_id": order.order_id, "outcome": outcome, "status": status}, status_code=202
     )
+
+
+def _at_risk_now(stage: dict[str, Any], now: datetime) -> datetime | None:
+    """The at-risk moment when it has passed and the watcher has not marked it yet."""
+    if stage["met_at"] is not None or stage["closed"]:
+        return None
+    moment = at_risk_from(stage["window_start"], stage["deadline"])
+    return moment if now >= moment else None
 
 
 def _unprocessable(errors: list[tuple[str, str]]) -> JSONResponse:
@@ -101,6 +112,8 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         order = await repo.fetch_order(conn, order_id)
         rejections = await repo.fetch_rejections(conn, order_id)
         return_decisions = await repo.return_decisions_of(conn, order_id)
+        stages = await repo.slas_of(conn, order_id)
+    now = runtime.clock.now()
     if order is None:
         if not rejections:
             raise HTTPException(404, f"no order {order_id}")
@@ -122,7 +135,26 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         "timeline": order["timeline"],
         "rejections": rejections,
         "replaces_order_id": order["replaces_order_id"],
-        # the return-decision SLA, per return (the other stages come with the SLA engine)
+        # each stage's window and how it stands now: met, pending, at_risk, breached
+        "sla": [
+            {
+                "stage": stage["stage"],
+                "deadline": stage["deadline"],
+                "state": state_of(
+                    window_start=stage["window_start"],
+                    deadline=stage["deadline"],
+                    met_at=stage["met_at"],
+                    breached_at=stage["breached_at"],
+                    closed=stage["closed"],
+                    now=now,
+                ),
+                "met_at": stage["met_at"],
+                "at_risk_since": stage["at_risk_at"] or _at_risk_now(stage, now),
+                "breached_at": stage["breached_at"],
+            }
+            for stage in stages
+        ],
+        # the return-decision SLA, per return
         "return_decisions": return_decisions,
     }
 

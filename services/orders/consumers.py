@@ -6,11 +6,11 @@ never reads another service's tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from services.orders import handlers
+from services.orders import handlers, sla
 from services.orders.shop_promises import ShopPromises
 from shared.clock import Clock
 from shared.db import UnitOfWork
@@ -56,8 +56,10 @@ def _progress(
     at: Callable[[E], datetime] = lambda e: e.occurred_at,
     detail: Callable[[E], dict[str, Any]] = lambda e: {},
     ignore_invalid: bool = False,
+    then: Callable[[E, UnitOfWork], Awaitable[None]] | None = None,
 ) -> None:
-    """Follow ``model``'s topic: each event adds ``status`` to its order's timeline."""
+    """Follow ``model``'s topic: each event adds ``status`` to its order's timeline (and
+    ``then`` does what else the event means, in the same transaction)."""
 
     @consumer.handles(model, on_invalid=_ignore if ignore_invalid else None)
     async def follow(event: E, uow: UnitOfWork) -> None:
@@ -73,6 +75,8 @@ def _progress(
             event_id=event.event_id,
             detail=detail(event),
         )
+        if then is not None:
+            await then(event, uow)
 
 
 def build_consumer(
@@ -89,7 +93,7 @@ def build_consumer(
         OrderPlaced, on_invalid=handlers.reject_invalid_order, max_bytes=MAX_ORDER_BYTES
     )
     async def on_order_placed(event: OrderPlaced, uow: UnitOfWork) -> None:
-        await handlers.place_order(event, uow, promises=promises)
+        await handlers.place_order(event, uow, promises=promises, now=clock.now())
 
     @consumer.handles(
         OrderCancellationRequested,
@@ -137,13 +141,25 @@ def build_consumer(
             "at_risk": e.at_risk,
         },
     )
-    _progress(consumer, ShipmentShipped, "shipped", at=lambda e: e.shipped_at)
+    # the first parcel handed over meets dispatch, the first delivered meets delivery
+    _progress(
+        consumer,
+        ShipmentShipped,
+        "shipped",
+        at=lambda e: e.shipped_at,
+        then=lambda e, uow: sla.stage_met(
+            uow, order_id=e.order_id, stage="dispatch", at=e.shipped_at
+        ),
+    )
     _progress(
         consumer,
         ShipmentDelivered,
         "delivered",
         at=lambda e: e.delivered_at,
         detail=lambda e: {"source": e.source, "shipment_id": str(e.shipment_id)},
+        then=lambda e, uow: sla.stage_met(
+            uow, order_id=e.order_id, stage="delivery", at=e.delivered_at
+        ),
     )
     _progress(
         consumer,
@@ -156,6 +172,7 @@ def build_consumer(
         SlaBreached,
         "sla_breached",
         detail=lambda e: {"stage": e.stage, "deadline": e.deadline.isoformat()},
+        then=lambda e, uow: sla.breach_seen(uow, e),
     )
 
     @consumer.handles(ReturnRequested, on_invalid=_ignore)

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
+from services.orders import sla
 from services.orders.domain.promises import promise_for
 from services.orders.domain.status import advance, cancellation_refusal
 from services.orders.shop_promises import ShopPromises
@@ -46,6 +47,7 @@ async def place_order(
     uow: UnitOfWork,
     *,
     promises: ShopPromises,
+    now: datetime,
     replaces: tuple[str, str] | None = None,
 ) -> IntakeOutcome:
     """Accept a new order and promise its dates; a resubmission is a no-op or a conflict.
@@ -110,6 +112,9 @@ async def place_order(
         | ({"replaces_order_id": replaces[0], "return_id": replaces[1]} if replaces else {}),
     )
     uow.emit(accepted)
+    await sla.open_stages(
+        uow, order_id=order.order_id, placed_at=order.placed_at, promise=promise, accepted_at=now
+    )
     return "accepted"
 
 
@@ -139,7 +144,11 @@ async def exchange(
         ],
     )
     outcome = await place_order(
-        replacement, uow, promises=promises, replaces=(request.order_id, request.return_id)
+        replacement,
+        uow,
+        promises=promises,
+        now=now,
+        replaces=(request.order_id, request.return_id),
     )
     if outcome != "accepted":
         return
@@ -282,6 +291,7 @@ async def cancel_order(request: OrderCancellationRequested, uow: UnitOfWork) -> 
         return
     cancelled = OrderCancelled(order_id=request.order_id, reason=request.reason)
     uow.emit(cancelled)
+    await repo.close_slas(uow.conn, request.order_id)
     await record_progress(
         uow,
         order_id=request.order_id,

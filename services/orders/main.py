@@ -12,7 +12,7 @@ from services.orders.config import OrdersSettings
 from services.orders.consumers import build_consumer
 from services.orders.domain.promises import PromisePolicy
 from services.orders.shop_promises import ShopPromises
-from services.orders.workers import watch_return_decisions
+from services.orders.workers import watch_slas
 from shared import topics
 from shared.clock import Clock, SystemClock
 from shared.db import MigrationSource
@@ -53,7 +53,7 @@ def build_runtime(
             topics.ORDERS_CANCELLATION_REJECTED,
             topics.SLA_BREACHED,
         ],
-        workers=[watch_return_decisions],
+        workers=[watch_slas],
     )
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock

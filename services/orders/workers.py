@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-from services.orders import handlers
+from services.orders import handlers, sla
 from services.orders.storage import repository as repo
 from shared.db import unit_of_work
 from shared.runtime import ServiceRuntime
 
 
-async def watch_return_decisions(runtime: ServiceRuntime) -> None:
-    """Breach the return-decision SLA of requests nobody decided by their deadline (once)."""
+async def watch_slas(runtime: ServiceRuntime) -> None:
+    """Judge every open deadline against the clock: own stages (accept, dispatch) breach
+    once when overdue, stages past 80 % of their window become at risk, and return
+    requests nobody decided by their deadline breach the return-decision SLA (once)."""
     interval: float = runtime.extras["sla_check_seconds"]
     while True:
         now = runtime.clock.now()
         async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            await sla.check(uow, now=now)
             for overdue in await repo.overdue_return_decisions(uow.conn, now=now, limit=500):
                 await handlers.breach_return_decision(
                     uow,

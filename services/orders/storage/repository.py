@@ -260,3 +260,101 @@ async def return_decisions_of(conn: Connection, order_id: str) -> list[dict[str,
         order_id,
     )
     return [dict(r) for r in rows]
+
+
+# --- the SLA engine -----------------------------------------------------------------------
+
+
+async def open_sla(
+    conn: Connection, *, order_id: str, stage: str, window_start: datetime, deadline: datetime
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO order_slas (order_id, stage, window_start, deadline)
+        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+        """,
+        order_id,
+        stage,
+        window_start,
+        deadline,
+    )
+
+
+async def meet_sla(
+    conn: Connection, *, order_id: str, stage: str, at: datetime
+) -> dict[str, Any] | None:
+    """The stage is met at ``at`` (first time only); the row, to judge lateness."""
+    row = await conn.fetchrow(
+        """
+        UPDATE order_slas SET met_at = $3
+        WHERE order_id = $1 AND stage = $2 AND met_at IS NULL
+        RETURNING order_id, stage, deadline, breached_at
+        """,
+        order_id,
+        stage,
+        at,
+    )
+    return dict(row) if row is not None else None
+
+
+async def mark_sla_breached(conn: Connection, *, order_id: str, stage: str, at: datetime) -> bool:
+    """True only the first time: the breach is published once per order and stage."""
+    status = await conn.execute(
+        """
+        UPDATE order_slas SET breached_at = $3
+        WHERE order_id = $1 AND stage = $2 AND breached_at IS NULL
+        """,
+        order_id,
+        stage,
+        at,
+    )
+    return status == "UPDATE 1"
+
+
+async def close_slas(conn: Connection, order_id: str) -> None:
+    await conn.execute(
+        "UPDATE order_slas SET closed = true WHERE order_id = $1 AND met_at IS NULL", order_id
+    )
+
+
+async def overdue_slas(
+    conn: Connection, *, stages: tuple[str, ...], now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT order_id, stage, deadline FROM order_slas
+        WHERE met_at IS NULL AND breached_at IS NULL AND NOT closed
+          AND stage = ANY($1::text[]) AND deadline < $2
+        ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED
+        """,
+        list(stages),
+        now,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def mark_at_risk(conn: Connection, *, now: datetime, share: float) -> int:
+    """Stages past ``share`` of their window and not met: at risk from now on."""
+    status = await conn.execute(
+        """
+        UPDATE order_slas SET at_risk_at = $1
+        WHERE met_at IS NULL AND breached_at IS NULL AND NOT closed AND at_risk_at IS NULL
+          AND window_start + (deadline - window_start) * $2 <= $1
+        """,
+        now,
+        share,
+    )
+    return int(status.split()[-1])
+
+
+async def slas_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT stage, window_start, deadline, met_at, at_risk_at, breached_at, closed
+        FROM order_slas WHERE order_id = $1
+        ORDER BY array_position(ARRAY['accept', 'dispatch', 'delivery'], stage)
+        """,
+        order_id,
+    )
+    return [dict(r) for r in rows]
