@@ -56,6 +56,30 @@ def cmd_carrier_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sla(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from waybill.sla_report import default_orders_url, fetch_summary, render
+
+    url = args.url or default_orders_url()
+    token = args.token or os.environ.get("WAYBILL_TOKEN_OPS", "")
+    if not token:
+        print("waybill sla: set WAYBILL_TOKEN_OPS (printed by `waybill up`) or pass --token")
+        return 2
+    try:
+        summary = fetch_summary(url, token)
+    except PermissionError as exc:
+        print(f"waybill sla: {exc}")
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"waybill sla: cannot reach the orders service at {url}: {exc}")
+        return 1
+    print(json.dumps(summary, indent=2, default=str) if args.json else render(summary))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from waybill.up import UpOptions, run_up
 
@@ -137,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--auto-advance", action="store_true", help="move parcels by itself")
     sandbox.add_argument("--step-seconds", type=float, default=2.0)
     sandbox.set_defaults(handler=cmd_carrier_sandbox)
+
+    sla = commands.add_parser("sla", help="SLA report per stage (count, p50, p95, breaches)")
+    sla.add_argument("--url", default=None, help="the orders service (WAYBILL_ORDERS_URL)")
+    sla.add_argument("--token", help="the ops token (default WAYBILL_TOKEN_OPS)")
+    sla.add_argument("--json", action="store_true", help="the figures as JSON")
+    sla.set_defaults(handler=cmd_sla)
 
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the code")
     asyncapi.add_argument("--output", default="docs/asyncapi.yaml")

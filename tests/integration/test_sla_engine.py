@@ -5,6 +5,7 @@ Orders runs alone; the test publishes what shipping would."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -17,6 +18,7 @@ from shared.clock import ManualClock
 from tests.conftest import MakeSystem
 from tests.factories import order_placed
 from tests.support import EventLog, Publisher, bearer, wait_for
+from waybill.cli import main
 from waybill.system import LocalSystem
 
 pytestmark = pytest.mark.integration
@@ -179,3 +181,43 @@ async def test_delivery_breaches_come_from_shipping_and_are_shown(desk: Desk) ->
     stage = await wait_for(shown, what="the delivery breach on the order")
     assert datetime.fromisoformat(stage["breached_at"]) == observed
     assert await desk.breaches(accepted["order_id"]) == []  # shipping's to publish, not ours
+
+
+async def test_the_summary_and_waybill_sla_report_each_stage(
+    desk: Desk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = await desk.place()
+    late = await desk.place(placed_at=desk.clock.now() - timedelta(minutes=2))
+    await desk.log.wait(topics.SLA_BREACHED, order_id=late["order_id"])
+    start = datetime.fromisoformat(prompt["placed_at"])
+    deadline = datetime.fromisoformat(prompt["promised"]["dispatch_by"])
+    desk.clock.set(start + (deadline - start) * 0.9)
+    await desk.checks_pass(3)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(
+            f"{desk.system.urls['orders']}/sla/summary",
+            headers=bearer(desk.system.config.tokens["ops"]),
+        )
+    assert r.status_code == 200, r.text
+    stages = {s["stage"]: s for s in r.json()["stages"]}
+    accept = stages["accept"]
+    assert (accept["met"], accept["breached"], accept["open"]) == (2, 1, 0)
+    assert accept["p95_seconds"] > 100 > accept["p50_seconds"] >= 0
+    dispatch = stages["dispatch"]
+    assert (dispatch["met"], dispatch["at_risk"], dispatch["open"]) == (0, 2, 2)
+    attention = {(a["order_id"], a["stage"], a["state"]) for a in r.json()["needs_attention"]}
+    assert (late["order_id"], "accept", "breached") in attention
+    assert (prompt["order_id"], "dispatch", "at_risk") in attention
+
+    # the same figures in the terminal (the report blocks, so it runs beside the loop)
+    argv = ["sla", "--url", desk.system.urls["orders"], "--token", "wrong"]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "ops token" in capsys.readouterr().out
+    argv[-1] = desk.system.config.tokens["ops"]
+    assert await asyncio.to_thread(main, argv) == 0
+    report = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in report.splitlines() if line[:1].isalpha()}
+    assert rows["accept"][1:2] == ["2"] and rows["accept"][-3:] == ["1", "0", "0"]
+    assert rows["dispatch"][1:2] == ["0"] and rows["dispatch"][-3:] == ["0", "2", "2"]
+    assert late["order_id"] in report

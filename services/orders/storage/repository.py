@@ -358,3 +358,71 @@ async def slas_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
         order_id,
     )
     return [dict(r) for r in rows]
+
+
+async def stage_summary(
+    conn: Connection, *, now: datetime, at_risk_share: float
+) -> list[dict[str, Any]]:
+    """Per stage: how many were met, p50 and p95 of the time they took (seconds from the
+    window's start), how many breached, how many are at risk or still open now."""
+    rows = await conn.fetch(
+        """
+        WITH stages AS (
+            SELECT stage, window_start AS started, deadline, met_at AS done, breached_at,
+                   closed
+            FROM order_slas
+            UNION ALL
+            SELECT 'return_decision', requested_at, deadline, decided_at, breached_at, false
+            FROM return_decisions
+        )
+        SELECT stage,
+               count(done) AS met,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done - started))
+                   FILTER (WHERE done IS NOT NULL) AS p50_seconds,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM done - started))
+                   FILTER (WHERE done IS NOT NULL) AS p95_seconds,
+               count(*) FILTER (WHERE breached_at IS NOT NULL OR done > deadline) AS breached,
+               count(*) FILTER (
+                   WHERE done IS NULL AND breached_at IS NULL AND NOT closed AND deadline >= $1
+                     AND started + (deadline - started) * $2 <= $1) AS at_risk,
+               count(*) FILTER (WHERE done IS NULL AND breached_at IS NULL AND NOT closed)
+                   AS open
+        FROM stages GROUP BY stage
+        ORDER BY array_position(ARRAY['accept', 'dispatch', 'delivery', 'return_decision'],
+                                stage)
+        """,
+        now,
+        at_risk_share,
+    )
+    return [
+        {
+            **dict(r),
+            "p50_seconds": None if r["p50_seconds"] is None else round(r["p50_seconds"], 3),
+            "p95_seconds": None if r["p95_seconds"] is None else round(r["p95_seconds"], 3),
+        }
+        for r in rows
+    ]
+
+
+async def orders_at_risk_or_breached(
+    conn: Connection, *, now: datetime, at_risk_share: float, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The orders ops should look at: a stage breached, or at risk now; newest first."""
+    rows = await conn.fetch(
+        """
+        SELECT s.order_id, s.stage, s.deadline,
+               CASE WHEN s.breached_at IS NOT NULL OR s.met_at > s.deadline
+                         OR (s.met_at IS NULL AND NOT s.closed AND s.deadline < $1)
+                    THEN 'breached' ELSE 'at_risk' END AS state,
+               o.status
+        FROM order_slas s JOIN orders o USING (order_id)
+        WHERE s.breached_at IS NOT NULL OR s.met_at > s.deadline
+           OR (s.met_at IS NULL AND NOT s.closed
+               AND s.window_start + (s.deadline - s.window_start) * $2 <= $1)
+        ORDER BY s.deadline DESC LIMIT $3
+        """,
+        now,
+        at_risk_share,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,87 @@
+"""`waybill sla`: the SLA report in the terminal, read from the orders service."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+STAGE_NAMES = {
+    "accept": "accept",
+    "dispatch": "dispatch",
+    "delivery": "delivery",
+    "return_decision": "return decision",
+}
+
+
+def default_orders_url() -> str:
+    port = os.environ.get("WAYBILL_ORDERS_PORT", "8081")
+    return os.environ.get("WAYBILL_ORDERS_URL", f"http://127.0.0.1:{port}")
+
+
+def fetch_summary(url: str, token: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    response = httpx.get(
+        f"{url.rstrip('/')}/sla/summary",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
+    if response.status_code in (401, 403):
+        raise PermissionError(
+            f"{response.status_code}: the orders service wants the ops token "
+            "(WAYBILL_TOKEN_OPS, printed by `waybill up`)"
+        )
+    response.raise_for_status()
+    summary: dict[str, Any] = response.json()
+    return summary
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def render(summary: dict[str, Any]) -> str:
+    """A table per stage: count, p50, p95, breached, at risk (and still open)."""
+    header = ("stage", "count", "p50", "p95", "breached", "at risk", "open")
+    rows = [
+        (
+            STAGE_NAMES.get(stage["stage"], stage["stage"]),
+            str(stage["met"]),
+            _duration(stage["p50_seconds"]),
+            _duration(stage["p95_seconds"]),
+            str(stage["breached"]),
+            str(stage["at_risk"]),
+            str(stage["open"]),
+        )
+        for stage in summary["stages"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        first, *rest = cells
+        return "  ".join(
+            [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+        )
+
+    out = [f"SLA report as of {summary['as_of']}  ({summary['orders_total']} orders)", ""]
+    out += [line(header), line(tuple("-" * w for w in widths))]
+    out += [line(row) for row in rows] or ["(no orders yet)"]
+    out.append("")
+    out.append("count: stages met; p50/p95: time from the window's start to the stage met")
+    attention = summary.get("needs_attention") or []
+    if attention:
+        out += ["", "Needs attention:"]
+        out += [
+            f"  {a['order_id']}  {STAGE_NAMES.get(a['stage'], a['stage'])}  {a['state']}"
+            f"  (deadline {a['deadline']}, order {a['status']})"
+            for a in attention
+        ]
+    return "\n".join(out)
