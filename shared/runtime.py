@@ -29,6 +29,7 @@ from shared.messaging import (
     subscribe,
 )
 from shared.settings import KafkaSettings, ServiceSettings
+from shared.telemetry import configure_tracing
 from shared.topics import dead_letter_topic
 
 log = logging.getLogger("waybill.runtime")
@@ -110,6 +111,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         log.info("starting %s", self.name)
+        configure_tracing(self.name, otlp_endpoint=self.settings.otlp_endpoint)
         conn = await asyncpg.connect(self.dsn)
         try:
             await apply_migrations(

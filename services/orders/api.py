@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from services.orders import handlers
@@ -18,6 +19,7 @@ from services.orders.domain.promises import PromisePolicy
 from services.orders.domain.sla import AT_RISK_SHARE, at_risk_from, state_of
 from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
+from shared import telemetry
 from shared.db import unit_of_work
 from shared.events import OrderPlaced
 from shared.http import require_role, runtime_of
@@ -67,13 +69,19 @@ async def submit_order(request: Request) -> JSONResponse:
             if event_id is None or await uow.claim(inbox, [event_id]):
                 await handlers.reject_invalid_order(invalid, uow)
         return _unprocessable(invalid.field_errors())
-    async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
-        if not await uow.claim(inbox, [order.event_id]):
-            outcome = "duplicate"
-        else:
-            outcome = await handlers.place_order(
-                order, uow, promises=promises, now=runtime.clock.now()
-            )
+    with telemetry.span(
+        "orders.placed http",
+        service="orders",
+        kind=SpanKind.SERVER,
+        attributes={"waybill.order_id": order.order_id},
+    ):
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            if not await uow.claim(inbox, [order.event_id]):
+                outcome = "duplicate"
+            else:
+                outcome = await handlers.place_order(
+                    order, uow, promises=promises, now=runtime.clock.now()
+                )
     status = {"accepted": "accepted", "duplicate": "accepted", "conflict": "rejected"}[outcome]
     return JSONResponse(
         {"order_id": order.order_id, "outcome": outcome, "status": status}, status_code=202

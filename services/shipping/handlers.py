@@ -14,6 +14,7 @@ from services.shipping.domain import tracking
 from services.shipping.domain.rating import choose_rate
 from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
+from shared import telemetry
 from shared.carriers import CarrierError, LabelRequest, Place, RateRequest
 from shared.carriers.base import Label, Quotes, TrackingEvent
 from shared.carriers.purchase import (
@@ -88,6 +89,7 @@ async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
         ship_from=event.ship_from.model_dump() if event.ship_from else None,
         parcels=[p.model_dump() for p in event.parcels],
         lines=[line.model_dump() for line in event.lines],
+        trace_context=telemetry.current_context_headers(),
     )
     if state == "label_pending":
         await notify(uow.conn, repo.LABELS_CHANNEL)
@@ -177,21 +179,35 @@ async def buy_label_once(
             )
         shipment["at_risk"] = choice.details["at_risk"]
 
-    attempt = await purchaser.attempt(
-        purchase_state(shipment),
-        quote=quote,
-        choose=lambda quotes: pick_rate(quotes, ship_at=now, deliver_by=shipment["deliver_by"]),
-        label_request=lambda choice: label_request(shipment, choice),
-        save_choice=save_choice,
-    )
-    state = attempt.state
-    async with unit_of_work(pool, schema=schema) as uow:
-        if attempt.label is not None:
-            await record_label(uow, shipment, attempt.label, state)
-        elif attempt.exhausted:
-            await give_up_label(uow, shipment, state, attempt.error or "")
-        else:
-            await repo.PURCHASES.save_attempt(uow.conn, shipment["shipment_id"], attempt)
+    # the order's trace goes on: the packing event's context was stored with the shipment
+    with telemetry.span(
+        "buy label",
+        service="shipping",
+        parent=telemetry.context_from(shipment.get("trace_context")),
+        attributes={
+            "waybill.order_id": shipment["order_id"],
+            "waybill.stage": "label",
+            "waybill.attempts": shipment["attempts"],
+        },
+    ) as current:
+        attempt = await purchaser.attempt(
+            purchase_state(shipment),
+            quote=quote,
+            choose=lambda quotes: pick_rate(quotes, ship_at=now, deliver_by=shipment["deliver_by"]),
+            label_request=lambda choice: label_request(shipment, choice),
+            save_choice=save_choice,
+        )
+        state = attempt.state
+        if state.choice is not None:
+            current.set_attribute("waybill.carrier", state.choice.carrier)
+        current.set_attribute("waybill.label_bought", attempt.label is not None)
+        async with unit_of_work(pool, schema=schema) as uow:
+            if attempt.label is not None:
+                await record_label(uow, shipment, attempt.label, state)
+            elif attempt.exhausted:
+                await give_up_label(uow, shipment, state, attempt.error or "")
+            else:
+                await repo.PURCHASES.save_attempt(uow.conn, shipment["shipment_id"], attempt)
     return attempt
 
 

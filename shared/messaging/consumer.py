@@ -27,10 +27,10 @@ from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID, uuid5
 
 import asyncpg
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.db.pool import is_transient_error
 from shared.db.uow import UnitOfWork, unit_of_work
 from shared.events import DeadLetter, DeadLetterHeader, Event, utc_now
@@ -268,9 +268,22 @@ class EventConsumer:
 
     async def _dispatch(self, d: Delivery, uow: UnitOfWork) -> None:
         route = self._routes[d.topic]
-        carrier = {k: v.decode(errors="replace") for k, v in d.record.headers}
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
+        headers = [(k, v.decode(errors="replace")) for k, v in d.record.headers]
+        order_id = d.event.partition_key() if d.event is not None else None
+        # the record's span continues the trace its headers carry (one trace per order)
+        with telemetry.span(
+            f"{d.topic} process",
+            service=self.schema,
+            parent=telemetry.context_from(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": d.topic,
+                "messaging.consumer.group.name": self.group_id,
+                "waybill.order_id": order_id,
+                "waybill.event_id": str(d.event.event_id) if d.event is not None else None,
+            },
+        ):
             if d.event is not None:
                 await route.handler(d.event, uow)
             elif d.invalid is not None:
@@ -280,8 +293,6 @@ class EventConsumer:
                         uow, d, d.invalid.describe(), "ValidationError", attempts=1
                     )
             self.handled += 1
-        finally:
-            otel_context.detach(token)
 
     async def _process_alone(self, d: Delivery) -> None:
         attempts = 0

@@ -76,12 +76,13 @@ async def insert_shipment(
     ship_from: dict[str, Any] | None,
     parcels: list[dict[str, Any]],
     lines: list[dict[str, Any]],
+    trace_context: dict[str, str] | None = None,
 ) -> bool:
     inserted = await conn.fetchval(
         """
         INSERT INTO shipments (shipment_id, order_id, warehouse_id, state, idempotency_key,
-                               ship_from, parcels, lines)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                               ship_from, parcels, lines, trace_context)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT DO NOTHING
         RETURNING true
         """,
@@ -93,6 +94,7 @@ async def insert_shipment(
         ship_from,
         parcels,
         lines,
+        trace_context,
     )
     return inserted is True
 
