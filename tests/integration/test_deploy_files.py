@@ -353,12 +353,44 @@ def test_compose_postgres_provisions_every_service(compose: dict[str, Any]) -> N
         assert env[f"WAYBILL_{service.upper()}_DB_PASSWORD"], service
 
 
-def test_compose_needs_no_variables_and_keeps_observability_out(
+def test_compose_needs_no_variables_and_runs_the_trace_stack(
     compose_raw: dict[str, Any],
 ) -> None:
     resolve(compose_raw, {})  # raises for a ${VAR} without a default
-    # the observability stack (collector, Jaeger) belongs to a later change
-    assert set(compose_raw["services"]) == {"kafka", "postgres", "carrier-sandbox", *SERVICES}
+    assert set(compose_raw["services"]) == {
+        "kafka",
+        "postgres",
+        "carrier-sandbox",
+        "otel-collector",
+        "jaeger",
+        *SERVICES,
+    }
+
+
+def test_traces_go_from_the_services_through_the_collector_to_jaeger(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    collector = services["otel-collector"]
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in collector["volumes"]}
+    assert mounted["./deploy/otel-collector.yaml"] == "/etc/otelcol-contrib/config.yaml"
+    assert "--config=/etc/otelcol-contrib/config.yaml" in collector["command"]
+    config = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert set(pipeline["receivers"]) <= set(config["receivers"])
+    assert set(pipeline["processors"]) <= set(config["processors"])
+    assert set(pipeline["exporters"]) <= set(config["exporters"])
+    assert set(config["service"]["extensions"]) <= set(config["extensions"])
+    http_receiver = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    jaeger_target = config["exporters"]["otlp/jaeger"]["endpoint"]
+    assert jaeger_target.split(":")[0] in services  # a compose service name
+    assert "otlp/jaeger" in pipeline["exporters"]
+    for name in SERVICES:
+        endpoint = environment(services[name])["WAYBILL_OTLP_ENDPOINT"]
+        host, port = endpoint.removeprefix("http://").split(":")
+        assert host == "otel-collector" and port == http_receiver.split(":")[1], name
+    for image in (collector["image"], services["jaeger"]["image"]):
+        assert ":" in image and not image.endswith(":latest"), image
 
 
 # --- Kubernetes ------------------------------------------------------------------------
