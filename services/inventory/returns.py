@@ -34,6 +34,19 @@ class ReceiptRefused(Exception):
 
 
 async def expect_return(event: ReturnApproved, uow: UnitOfWork) -> None:
+    """Remember an approved return until its parcel is back.
+
+    A return whose ``warehouse_id`` is None (returns did not learn which warehouse shipped
+    the goods) is stored all the same but listed on no warehouse page: each page shows only
+    its own warehouse's returns. ``GET /returns/expected`` without ``warehouse_id`` lists it,
+    and it can still be received through returns' ``POST /returns/{id}/received``.
+
+    ``returns.received`` travels on another topic and may be handled first (a replay from the
+    dead letters, a lagging partition): then the return is stored as received already, so
+    that it never shows up on the page again.
+    """
+    await repo.lock_return(uow.conn, event.return_id)
+    received_at = await repo.return_received_at(uow.conn, event.return_id)
     await repo.expect_return(
         uow.conn,
         return_id=event.return_id,
@@ -43,6 +56,7 @@ async def expect_return(event: ReturnApproved, uow: UnitOfWork) -> None:
         lines=[line.model_dump() for line in event.lines],
         resolution=event.resolution,
         approved_at=event.occurred_at,
+        received_at=received_at,
     )
 
 
@@ -55,7 +69,7 @@ def check_receipt(expected: dict[str, Any], lines: list[ReceivedLine]) -> None:
     for line in lines:
         got[line.sku] += line.quantity
     if not got:
-        raise ReceiptRefused("nothing received: enter at least one item")
+        raise ReceiptRefused("enter at least one item as sellable or damaged")
     for sku, quantity in got.items():
         if sku not in wanted:
             raise ReceiptRefused(f"{sku} is not part of {expected['rma']}")
@@ -84,11 +98,26 @@ async def restock_return(
     event: ReturnReceived, uow: UnitOfWork, *, autopick: bool, now: datetime
 ) -> None:
     """Sellable goods back on hand where they were shipped from (then backorders waiting on
-    them are served); damaged goods written off. Once per return and sku."""
-    warehouse_id = event.warehouse_id
+    them are served); damaged goods written off. Once per return and sku.
+
+    Returns is the authority on what came back and where: its ``warehouse_id`` wins over the
+    one the approval announced; without one, the approval's is used.
+
+    A warehouse inventory does not know (or none at all) is dead-lettered
+    (``PermanentFailure``), as ``inventory.stock-received`` for an unknown warehouse is, and
+    nothing of the event is applied: guessing another warehouse would put goods on the wrong
+    shelf, dropping the event would lose them, and inventing the warehouse would give it no
+    location for allocation. The dead letter keeps the event whole, so ops can register the
+    warehouse (``PUT /warehouses/{id}``) and replay it (``waybill dlq``); it then restocks
+    exactly once like any other delivery.
+    """
+    await repo.lock_return(uow.conn, event.return_id)
+    expected = await repo.lock_expected_return(uow.conn, event.return_id)
+    warehouse_id = event.warehouse_id or (expected or {}).get("warehouse_id")
     if warehouse_id is None or not await repo.warehouse_exists(uow.conn, warehouse_id):
         raise PermanentFailure(
-            f"return {event.return_id} received for unknown warehouse {warehouse_id!r}"
+            f"return {event.return_id} received for unknown warehouse {warehouse_id!r}: "
+            "register the warehouse, then replay this dead letter"
         )
     sellable: dict[str, int] = defaultdict(int)
     damaged: dict[str, int] = defaultdict(int)
@@ -121,5 +150,5 @@ async def restock_return(
             )
         )
         await serve_backorders(uow, sku, autopick=autopick, now=now)
-    if await repo.lock_expected_return(uow.conn, event.return_id) is not None:
+    if expected is not None and expected["status"] != "received":
         await repo.mark_return(uow.conn, event.return_id, status="received", at=now)

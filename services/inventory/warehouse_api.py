@@ -615,18 +615,29 @@ async def receive_return(warehouse_id: str, return_id: str, request: Request) ->
         return refused
     form = await request.form()
     lines: list[ReceivedLine] = []
-    try:
-        for sku, sellable, damaged in zip(
-            form.getlist("sku"), form.getlist("sellable"), form.getlist("damaged"), strict=True
-        ):
-            for condition, raw in (("sellable", sellable), ("damaged", damaged)):
-                quantity = int(str(raw).strip() or "0")
-                if quantity < 0:
-                    raise ValueError("quantities cannot be negative")
-                if quantity:
+    problems: list[str] = []
+    skus, sellables, damageds = (form.getlist(f) for f in ("sku", "sellable", "damaged"))
+    if not len(skus) == len(sellables) == len(damageds):
+        problems.append("the form is incomplete: reload the page and enter the receipt again")
+    for sku, sellable, damaged in zip(skus, sellables, damageds, strict=False):
+        for condition, raw in (("sellable", sellable), ("damaged", damaged)):
+            text = str(raw).strip() or "0"
+            try:
+                quantity = int(text)
+            except ValueError:
+                quantity = -1
+            if quantity < 0:
+                problems.append(
+                    f"{condition} {sku}: {text[:12]!r} is not a whole number of 0 or more "
+                    "(negative quantities are refused)"
+                )
+            elif quantity:
+                try:
                     lines.append(ReceivedLine(sku=str(sku), quantity=quantity, condition=condition))
-    except (ValueError, ValidationError) as exc:
-        text = f"Not received: enter whole numbers ({_lower_first(str(exc).splitlines()[0])})."
+                except ValidationError:
+                    problems.append(f"{condition} {sku}: {quantity} is not a valid quantity")
+    if problems:
+        text = "Not received: " + "; ".join(problems) + ". Nothing was recorded."
         return _back(request, warehouse_id, kind="error", text=text)
     now = runtime_of(request).clock.now()
     try:
@@ -637,9 +648,10 @@ async def receive_return(warehouse_id: str, return_id: str, request: Request) ->
             ),
         )
     except returns.ReceiptRefused as exc:
-        return _back(
-            request, warehouse_id, kind="error", text="Not received: " + _sentence(str(exc))
-        )
+        text = "Not received: " + _sentence(str(exc))
+        if exc.status != 409:  # received already: the first receipt stands
+            text += " Nothing was recorded."
+        return _back(request, warehouse_id, kind="error", text=text)
     counted = sum(line.quantity for line in lines)
     return _back(
         request,

@@ -271,12 +271,15 @@ async def expect_return(
     lines: list[dict[str, Any]],
     resolution: str,
     approved_at: datetime,
+    received_at: datetime | None = None,
 ) -> None:
+    """Store an approved return once; as ``received`` already when ``received_at`` is given."""
     await conn.execute(
         """
         INSERT INTO expected_returns (return_id, rma, order_id, warehouse_id, lines,
-                                      resolution, approved_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                      resolution, approved_at, status, received_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7,
+                CASE WHEN $8::timestamptz IS NULL THEN 'expected' ELSE 'received' END, $8)
         ON CONFLICT (return_id) DO NOTHING
         """,
         return_id,
@@ -286,7 +289,29 @@ async def expect_return(
         lines,
         resolution,
         approved_at,
+        received_at,
     )
+
+
+async def lock_return(conn: Connection, return_id: str) -> None:
+    """Serialise the handling of one return's approval and receipt (they arrive on different
+    topics, so different partitions and consumers may handle them at the same time)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('return:' || $1))", return_id)
+
+
+async def return_received_at(conn: Connection, return_id: str) -> datetime | None:
+    """When ``returns.received`` of this return was applied (restocked or written off)."""
+    at: datetime | None = await conn.fetchval(
+        """
+        SELECT min(at) FROM (
+            SELECT at FROM restocks WHERE return_id = $1
+            UNION ALL
+            SELECT at FROM write_offs WHERE return_id = $1
+        ) AS applied
+        """,
+        return_id,
+    )
+    return at
 
 
 async def expected_returns(
