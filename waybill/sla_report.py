@@ -7,12 +7,7 @@ from typing import Any
 
 import httpx
 
-STAGE_NAMES = {
-    "accept": "accept",
-    "dispatch": "dispatch",
-    "delivery": "delivery",
-    "return_decision": "return decision",
-}
+from services.orders.domain.sla import STAGE_NAMES, duration
 
 
 def default_orders_url() -> str:
@@ -36,18 +31,6 @@ def fetch_summary(url: str, token: str, *, timeout: float = 10.0) -> dict[str, A
     return summary
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def render(summary: dict[str, Any]) -> str:
     """A table per stage: count, p50, p95, breached, at risk (and still open)."""
     header = ("stage", "count", "p50", "p95", "breached", "at risk", "open")
@@ -55,8 +38,8 @@ def render(summary: dict[str, Any]) -> str:
         (
             STAGE_NAMES.get(stage["stage"], stage["stage"]),
             str(stage["met"]),
-            _duration(stage["p50_seconds"]),
-            _duration(stage["p95_seconds"]),
+            duration(stage["p50_seconds"]),
+            duration(stage["p95_seconds"]),
             str(stage["breached"]),
             str(stage["at_risk"]),
             str(stage["open"]),

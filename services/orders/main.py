@@ -11,6 +11,7 @@ from services.orders.api import router
 from services.orders.config import OrdersSettings
 from services.orders.consumers import build_consumer
 from services.orders.domain.promises import PromisePolicy
+from services.orders.ops_page import router as ops_router
 from services.orders.shop_promises import ShopPromises
 from services.orders.workers import watch_slas
 from shared import topics
@@ -65,4 +66,4 @@ def build_runtime(
 
 
 def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
-    return create_service_app(runtime or build_runtime(), routers=[router])
+    return create_service_app(runtime or build_runtime(), routers=[router, ops_router])

@@ -40,3 +40,23 @@ def state_of(
     if now >= at_risk_from(window_start, deadline):
         return "at_risk"
     return "pending"
+
+
+STAGE_NAMES = {
+    "accept": "accept",
+    "dispatch": "dispatch",
+    "delivery": "delivery",
+    "return_decision": "return decision",
+}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -426,3 +426,40 @@ async def orders_at_risk_or_breached(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def stage_latency_by_hour(
+    conn: Connection, *, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    """p50 time to meet each stage, per hour in which stages were met (for the chart)."""
+    rows = await conn.fetch(
+        """
+        WITH met AS (
+            SELECT stage, met_at AS done, window_start AS started FROM order_slas
+            WHERE met_at >= $1 AND met_at < $2
+            UNION ALL
+            SELECT 'return_decision', decided_at, requested_at FROM return_decisions
+            WHERE decided_at >= $1 AND decided_at < $2
+        )
+        SELECT stage, date_trunc('hour', done) AS hour, count(*) AS met,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done - started))
+                   AS p50_seconds
+        FROM met GROUP BY stage, hour ORDER BY hour, stage
+        """,
+        since,
+        until,
+    )
+    return [dict(r) for r in rows]
+
+
+async def messaging_health(conn: Connection) -> dict[str, Any]:
+    """This service's outbox backlog (and its oldest row's age) and dead letters."""
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS outbox_backlog,
+               (SELECT extract(epoch FROM now() - min(created_at)) FROM outbox
+                 WHERE published_at IS NULL) AS outbox_oldest_seconds,
+               (SELECT count(*) FROM dead_letters) AS dead_letters
+        """
+    )
+    return dict(row) if row is not None else {}
