@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from services.orders import handlers
+from services.orders import handlers, sla
 from services.orders.consumers import MAX_ORDER_BYTES
 from services.orders.domain.promises import PromisePolicy
-from services.orders.domain.sla import AT_RISK_SHARE, at_risk_from, state_of
+from services.orders.domain.sla import at_risk_from, state_of
 from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared import telemetry
@@ -171,20 +171,8 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
 async def sla_summary(request: Request) -> dict[str, Any]:
     """Orders per status, and per SLA stage: met, p50/p95, breached, at risk, open."""
     runtime = runtime_of(request)
-    now = runtime.clock.now()
     async with runtime.pool.acquire() as conn:
-        counts = await repo.count_by_status(conn)
-        stages = await repo.stage_summary(conn, now=now, at_risk_share=AT_RISK_SHARE)
-        attention = await repo.orders_at_risk_or_breached(
-            conn, now=now, at_risk_share=AT_RISK_SHARE
-        )
-    return {
-        "orders_by_status": counts,
-        "orders_total": sum(counts.values()),
-        "as_of": now,
-        "stages": stages,
-        "needs_attention": attention,
-    }
+        return await sla.figures(conn, now=runtime.clock.now())
 
 
 class PromiseSettings(BaseModel):

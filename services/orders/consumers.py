@@ -181,35 +181,32 @@ def build_consumer(
             event, uow, now=clock.now(), decision_within=return_decision_within
         )
 
-    @consumer.handles(ReturnApproved)
-    async def on_return_approved(event: ReturnApproved, uow: UnitOfWork) -> None:
+    async def decided(
+        event: ReturnApproved | ReturnRejected,
+        uow: UnitOfWork,
+        decision: str,
+        detail: dict[str, Any],
+    ) -> None:
         await handlers.record_progress(
             uow,
             order_id=event.order_id,
-            status="return_approved",
+            status=f"return_{decision}",
             at=event.occurred_at,
             topic=event.TOPIC,
             event_id=event.event_id,
-            detail={"return_id": event.return_id, "rma": event.rma},
+            detail={"return_id": event.return_id, **detail},
         )
         await handlers.return_decided(
-            uow, return_id=event.return_id, decision="approved", now=clock.now()
+            uow, return_id=event.return_id, decision=decision, now=clock.now()
         )
+
+    @consumer.handles(ReturnApproved)
+    async def on_return_approved(event: ReturnApproved, uow: UnitOfWork) -> None:
+        await decided(event, uow, "approved", {"rma": event.rma})
 
     @consumer.handles(ReturnRejected)
     async def on_return_rejected(event: ReturnRejected, uow: UnitOfWork) -> None:
-        await handlers.record_progress(
-            uow,
-            order_id=event.order_id,
-            status="return_rejected",
-            at=event.occurred_at,
-            topic=event.TOPIC,
-            event_id=event.event_id,
-            detail={"return_id": event.return_id, "reason": event.reason},
-        )
-        await handlers.return_decided(
-            uow, return_id=event.return_id, decision="rejected", now=clock.now()
-        )
+        await decided(event, uow, "rejected", {"reason": event.reason})
 
     @consumer.handles(ExchangeRequested)
     async def on_exchange_requested(event: ExchangeRequested, uow: UnitOfWork) -> None:

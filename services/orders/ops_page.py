@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from services.orders.domain.sla import AT_RISK_SHARE, STAGE_NAMES, duration, state_of
+from services.orders import sla
+from services.orders.domain.sla import STAGE_NAMES, duration, state_of
 from services.orders.storage import repository as repo
 from shared.http import role_of_token, runtime_of
 
@@ -116,11 +117,7 @@ async def dashboard(request: Request, token: str | None = None) -> Response:
     runtime = runtime_of(request)
     now = runtime.clock.now()
     async with runtime.pool.acquire() as conn:
-        counts = await repo.count_by_status(conn)
-        stages = await repo.stage_summary(conn, now=now, at_risk_share=AT_RISK_SHARE)
-        attention = await repo.orders_at_risk_or_breached(
-            conn, now=now, at_risk_share=AT_RISK_SHARE
-        )
+        shown = await sla.figures(conn, now=now)
         series = await repo.stage_latency_by_hour(
             conn, since=now - timedelta(hours=CHART_HOURS), until=now + timedelta(seconds=1)
         )
@@ -129,10 +126,10 @@ async def dashboard(request: Request, token: str | None = None) -> Response:
         "ops.html",
         now=now,
         refresh=REFRESH_SECONDS,
-        counts=sorted(counts.items(), key=lambda kv: -kv[1]),
-        total=sum(counts.values()),
-        stages=stages,
-        attention=attention,
+        counts=sorted(shown["orders_by_status"].items(), key=lambda kv: -kv[1]),
+        total=shown["orders_total"],
+        stages=shown["stages"],
+        attention=shown["needs_attention"],
         chart=latency_chart(series, now=now),
         health=health,
     )

@@ -9,10 +9,12 @@ Everything is judged on the times given, so tests drive it with a ManualClock.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from services.orders.domain.sla import AT_RISK_SHARE, OWN_STAGES
 from services.orders.storage import repository as repo
 from shared.db import UnitOfWork
+from shared.db.uow import Connection
 from shared.events import Promise, SlaBreached
 
 #: an order must be accepted (or rejected) within this long after ``placed_at``
@@ -68,3 +70,17 @@ async def check(uow: UnitOfWork, *, now: datetime) -> None:
             at=now,
         )
     await repo.mark_at_risk(uow.conn, now=now, share=AT_RISK_SHARE)
+
+
+async def figures(conn: Connection, *, now: datetime) -> dict[str, Any]:
+    """What ``GET /sla/summary``, the ops page and ``waybill sla`` show."""
+    counts = await repo.count_by_status(conn)
+    return {
+        "orders_by_status": counts,
+        "orders_total": sum(counts.values()),
+        "as_of": now,
+        "stages": await repo.stage_summary(conn, now=now, at_risk_share=AT_RISK_SHARE),
+        "needs_attention": await repo.orders_at_risk_or_breached(
+            conn, now=now, at_risk_share=AT_RISK_SHARE
+        ),
+    }
