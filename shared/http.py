@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 
+from shared.metrics import prometheus_text
 from shared.runtime import ServiceRuntime
 from shared.settings import Role
 
@@ -81,6 +82,13 @@ def create_service_app(
     app = FastAPI(title=f"Waybill {runtime.name}", lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(health_router())
+
+    @app.get("/metrics", dependencies=[Depends(require_role("ops"))], include_in_schema=False)
+    async def metrics_scrape() -> Response:
+        """Prometheus scrape (ops token: ``bearer_token`` in the scrape config)."""
+        body, content_type = prometheus_text()
+        return Response(body, media_type=content_type)
+
     for router in routers:
         app.include_router(router)
     return app

@@ -28,6 +28,7 @@ from shared.messaging import (
     ensure_topics,
     subscribe,
 )
+from shared.metrics import configure_metrics, forget, observe
 from shared.settings import KafkaSettings, ServiceSettings
 from shared.telemetry import configure_tracing
 from shared.topics import dead_letter_topic
@@ -112,6 +113,7 @@ class ServiceRuntime:
     async def start(self) -> None:
         log.info("starting %s", self.name)
         configure_tracing(self.name, otlp_endpoint=self.settings.otlp_endpoint)
+        configure_metrics(self.name, otlp_endpoint=self.settings.otlp_endpoint)
         conn = await asyncpg.connect(self.dsn)
         try:
             await apply_migrations(
@@ -150,11 +152,19 @@ class ServiceRuntime:
                 heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             )
             await self._broker.start()
-        for worker in self.definition.workers:
+        for worker in [*self.definition.workers, _watch_outbox]:
             self._workers.append(
                 asyncio.create_task(self._supervise(worker), name=f"{self.name}-worker")
             )
+        observe("waybill.outbox.backlog", self._outbox_backlog)
+        observe("waybill.outbox.oldest_age", self._outbox_age)
         log.info("%s started", self.name)
+
+    def _outbox_backlog(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(self.extras.get("outbox_backlog", 0)), {"service": self.name})]
+
+    def _outbox_age(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(self.extras.get("outbox_oldest_seconds", 0.0)), {"service": self.name})]
 
     async def _supervise(self, worker: Worker) -> None:
         # A background loop that crashes is logged and restarted, never silently gone.
@@ -170,6 +180,8 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         log.info("stopping %s", self.name)
+        forget(self._outbox_backlog)
+        forget(self._outbox_age)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -224,3 +236,23 @@ class ServiceRuntime:
                     await asyncio.wait_for(self._producer.client.force_metadata_update(), 2.0)
                 )
         return {"database": database, "broker": broker}
+
+
+OUTBOX_WATCH_SECONDS = 5.0
+
+
+async def _watch_outbox(runtime: ServiceRuntime) -> None:
+    """Keep the outbox backlog and the age of its oldest row fresh for the metrics."""
+    while True:
+        async with runtime.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """
+                SELECT count(*) AS backlog,
+                       coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+                FROM outbox WHERE published_at IS NULL
+                """
+            )
+        if row is not None:
+            runtime.extras["outbox_backlog"] = int(row["backlog"])
+            runtime.extras["outbox_oldest_seconds"] = float(row["oldest"])
+        await asyncio.sleep(OUTBOX_WATCH_SECONDS)

@@ -14,6 +14,7 @@ from services.orders.domain.promises import promise_for
 from services.orders.domain.status import advance, cancellation_refusal
 from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
+from shared import metrics
 from shared.db import UnitOfWork
 from shared.events import (
     ExchangeRequested,
@@ -205,6 +206,7 @@ async def breach_return_decision(
     uow: UnitOfWork, *, return_id: str, order_id: str, deadline: datetime, at: datetime
 ) -> None:
     if await repo.mark_return_decision_breached(uow.conn, return_id, at):
+        metrics.sla_breaches.add(1, {"service": "orders", "stage": "return_decision"})
         uow.emit(
             SlaBreached(
                 order_id=order_id, stage="return_decision", deadline=deadline, observed_at=at

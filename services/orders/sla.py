@@ -13,6 +13,7 @@ from typing import Any
 
 from services.orders.domain.sla import AT_RISK_SHARE, OWN_STAGES
 from services.orders.storage import repository as repo
+from shared import metrics
 from shared.db import UnitOfWork
 from shared.db.uow import Connection
 from shared.events import Promise, SlaBreached
@@ -40,6 +41,9 @@ async def open_stages(
 async def stage_met(uow: UnitOfWork, *, order_id: str, stage: str, at: datetime) -> None:
     """Progress: the stage is met at ``at``; late is a breach (once), observed at ``at``."""
     row = await repo.meet_sla(uow.conn, order_id=order_id, stage=stage, at=at)
+    if row is not None:
+        seconds = max(0.0, (at - row["window_start"]).total_seconds())
+        metrics.stage_latency.record(seconds, {"service": "orders", "stage": stage})
     if row is not None and at > row["deadline"] and stage in OWN_STAGES:
         await breach(uow, order_id=order_id, stage=stage, deadline=row["deadline"], at=at)
 
@@ -49,6 +53,7 @@ async def breach(
 ) -> None:
     if await repo.mark_sla_breached(uow.conn, order_id=order_id, stage=stage, at=at):
         uow.emit(SlaBreached(order_id=order_id, stage=stage, deadline=deadline, observed_at=at))
+        metrics.sla_breaches.add(1, {"service": "orders", "stage": stage})
 
 
 async def breach_seen(uow: UnitOfWork, event: SlaBreached) -> None:

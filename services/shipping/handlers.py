@@ -14,7 +14,7 @@ from services.shipping.domain import tracking
 from services.shipping.domain.rating import choose_rate
 from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.carriers import CarrierError, LabelRequest, Place, RateRequest
 from shared.carriers.base import Label, Quotes, TrackingEvent
 from shared.carriers.purchase import (
@@ -437,6 +437,7 @@ async def check_delivery_promise(
     uow.emit(
         SlaBreached(order_id=order_id, stage="delivery", deadline=deliver_by, observed_at=observed)
     )
+    metrics.sla_breaches.add(1, {"service": "shipping", "stage": "delivery"})
     return True
 
 

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from shared import metrics
 from shared.carriers.base import CarrierError, CarrierGateway, Label, LabelRequest, Quotes
 from shared.carriers.resilience import CarrierBreakers, RetryPolicy
 
@@ -103,6 +104,23 @@ async def carrier_call(call: Awaitable[T], *, maybe_processed: bool) -> T:
         ) from exc
 
 
+def outcome_of(error: CarrierError | None) -> str:
+    """A carrier call's outcome for the metrics."""
+    if error is None:
+        return "ok"
+    if error.status == 429:
+        return "rate_limited"
+    if not error.retryable:
+        return "refused"
+    return "maybe_processed" if error.maybe_processed else "failed"
+
+
+def _count(carrier: str, operation: str, error: CarrierError | None) -> None:
+    metrics.carrier_calls.add(
+        1, {"carrier": carrier, "operation": operation, "outcome": outcome_of(error)}
+    )
+
+
 def key_for(prefix: str, carrier: str, service: str) -> str:
     """The idempotency key of one carrier service for one label."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{carrier}-{service}")
@@ -156,7 +174,12 @@ class LabelPurchaser:
                 if asked is not None and not asked:
                     return self._wait_for_breakers(state, calls)
                 calls += 1
-                quotes = await carrier_call(quote(asked), maybe_processed=False)
+                try:
+                    quotes = await carrier_call(quote(asked), maybe_processed=False)
+                except CarrierError as exc:
+                    _count("any", "rates", exc)
+                    raise
+                _count("any", "rates", None)
                 self._learn(quotes)
                 picked = choose(quotes)
                 if picked is None:
@@ -187,10 +210,12 @@ class LabelPurchaser:
                     maybe_processed=True,
                 )
             except CarrierError as exc:
+                _count(choice.carrier, "buy", exc)
                 self._judge(choice.carrier, exc)
                 if exc.maybe_processed:
                     state = replace(state, pinned=True)
                 raise
+            _count(choice.carrier, "buy", None)
             breaker.record_success()
             return Attempt(replace(state, attempts=state.attempts + calls), label=label)
         except CarrierError as exc:

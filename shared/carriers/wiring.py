@@ -9,9 +9,10 @@ from pydantic import Field, SecretStr, model_validator
 from shared.carriers.base import CarrierGateway
 from shared.carriers.easypost import EasyPostCarrierGateway
 from shared.carriers.purchase import LabelPurchaser
-from shared.carriers.resilience import CarrierBreakers, RetryPolicy
+from shared.carriers.resilience import BreakerState, CarrierBreakers, RetryPolicy
 from shared.carriers.sandbox import SandboxCarrierGateway
 from shared.clock import SystemClock
+from shared.metrics import forget, observe
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 
@@ -97,5 +98,19 @@ def attach_carrier_gateway(
             max_attempts=settings.label_max_attempts,
         ),
     )
-    runtime.cleanups.append(chosen.close)
+    levels = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+    def breaker_states() -> list[tuple[float, dict[str, str]]]:
+        return [
+            (levels[b.state], {"service": runtime.name, "carrier": name})
+            for name, b in list(breakers.breakers.items())
+        ]
+
+    observe("waybill.carrier.breaker_state", breaker_states)
+
+    async def close() -> None:
+        forget(breaker_states)
+        await chosen.close()
+
+    runtime.cleanups.append(close)
     return chosen

@@ -30,7 +30,7 @@ import asyncpg
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.db.pool import is_transient_error
 from shared.db.uow import UnitOfWork, unit_of_work
 from shared.events import DeadLetter, DeadLetterHeader, Event, utc_now
@@ -293,6 +293,7 @@ class EventConsumer:
                         uow, d, d.invalid.describe(), "ValidationError", attempts=1
                     )
             self.handled += 1
+            metrics.events_handled.add(1, {"service": self.schema, "topic": d.topic})
 
     async def _process_alone(self, d: Delivery) -> None:
         attempts = 0
@@ -331,6 +332,7 @@ class EventConsumer:
     async def _dead_letter(
         self, uow: UnitOfWork, d: Delivery, error: str, error_type: str, *, attempts: int
     ) -> None:
+        metrics.dead_lettered.add(1, {"service": self.schema, "topic": d.topic})
         r = d.record
         key = r.key.decode(errors="replace") if r.key is not None else None
         value = r.value or b""

@@ -288,7 +288,7 @@ async def meet_sla(
         """
         UPDATE order_slas SET met_at = $3
         WHERE order_id = $1 AND stage = $2 AND met_at IS NULL
-        RETURNING order_id, stage, deadline, breached_at
+        RETURNING order_id, stage, window_start, deadline, breached_at
         """,
         order_id,
         stage,
