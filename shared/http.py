@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from shared.metrics import prometheus_text
+from shared.ops_health import messaging_health
 from shared.runtime import ServiceRuntime
 from shared.settings import Role
 
@@ -88,6 +89,19 @@ def create_service_app(
         """Prometheus scrape (ops token: ``bearer_token`` in the scrape config)."""
         body, content_type = prometheus_text()
         return Response(body, media_type=content_type)
+
+    @app.get("/ops/health", dependencies=[Depends(require_role("ops"))], tags=["ops"])
+    async def ops_health(request: Request) -> dict[str, Any]:
+        """This service's plumbing: outbox backlog, dead letters not replayed, consumer lag
+        per topic and, where labels are bought, each carrier's circuit in this process."""
+        runtime = runtime_of(request)
+        async with runtime.pool.acquire() as conn:
+            health = await messaging_health(
+                conn, fresh_seconds=3 * runtime.settings.broker_check_seconds
+            )
+        purchaser = runtime.extras.get("purchaser")
+        carriers = purchaser.circuits() if purchaser is not None else None
+        return {"service": runtime.name, **health, "carriers": carriers}
 
     for router in routers:
         app.include_router(router)

@@ -40,6 +40,12 @@ stage_latency = meter.create_histogram(
         86400, 2 * 86400, 3 * 86400, 5 * 86400, 7 * 86400, 14 * 86400,
     ],
 )  # fmt: skip
+redrives = meter.create_counter(
+    "waybill.orders.redriven", description="stuck orders whose events were published again"
+)
+stuck_orders = meter.create_counter(
+    "waybill.orders.stuck", description="orders that did not move after their re-drive"
+)
 carrier_calls = meter.create_counter(
     "waybill.carrier.calls", description="carrier API calls by carrier, operation and outcome"
 )
@@ -75,6 +81,11 @@ def forget(source: Callable[[], Iterable[tuple[float, dict[str, str]]]]) -> None
 
 gauge("waybill.outbox.backlog", "outbox rows not yet published")
 gauge("waybill.outbox.oldest_age", "age of the oldest unpublished outbox row", unit="s")
+gauge(
+    "waybill.consumer.lag",
+    "records on a partition not yet fetched by the service's consumer group (high watermark "
+    "of the last fetch minus the position)",
+)
 gauge("waybill.carrier.breaker_state", "circuit per carrier: 0 closed, 1 half open, 2 open")
 
 

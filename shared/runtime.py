@@ -29,6 +29,7 @@ from shared.messaging import (
     subscribe,
 )
 from shared.metrics import configure_metrics, forget, observe
+from shared.ops_health import save_consumer_lag
 from shared.settings import KafkaSettings, ServiceSettings
 from shared.telemetry import configure_tracing
 from shared.topics import dead_letter_topic
@@ -152,12 +153,13 @@ class ServiceRuntime:
                 heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             )
             await self._broker.start()
-        for worker in [*self.definition.workers, _watch_outbox]:
+        for worker in [*self.definition.workers, _watch_outbox, _watch_broker]:
             self._workers.append(
                 asyncio.create_task(self._supervise(worker), name=f"{self.name}-worker")
             )
         observe("waybill.outbox.backlog", self._outbox_backlog)
         observe("waybill.outbox.oldest_age", self._outbox_age)
+        observe("waybill.consumer.lag", self._lag_observations)
         log.info("%s started", self.name)
 
     def _outbox_backlog(self) -> list[tuple[float, dict[str, str]]]:
@@ -165,6 +167,13 @@ class ServiceRuntime:
 
     def _outbox_age(self) -> list[tuple[float, dict[str, str]]]:
         return [(float(self.extras.get("outbox_oldest_seconds", 0.0)), {"service": self.name})]
+
+    def _lag_observations(self) -> list[tuple[float, dict[str, str]]]:
+        lag: dict[tuple[str, int], int] = self.extras.get("consumer_lag", {})
+        return [
+            (float(n), {"service": self.name, "topic": topic, "partition": str(partition)})
+            for (topic, partition), n in sorted(lag.items())
+        ]
 
     async def _supervise(self, worker: Worker) -> None:
         # A background loop that crashes is logged and restarted, never silently gone.
@@ -182,6 +191,7 @@ class ServiceRuntime:
         log.info("stopping %s", self.name)
         forget(self._outbox_backlog)
         forget(self._outbox_age)
+        forget(self._lag_observations)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -225,6 +235,31 @@ class ServiceRuntime:
                 assigned |= {(tp.topic, tp.partition) for tp in consumer.assignment()}
         return assigned
 
+    async def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition (unprefixed topic): records not yet fetched.
+
+        Computed from the high watermark the last fetch saw, not from ``end_offsets()``,
+        which the embedded broker answers wrongly (INFRA.md). A partition not fetched from
+        yet has no high watermark and is left out.
+        """
+        lag: dict[tuple[str, int], int] = {}
+        if self._broker is None:
+            return lag
+        prefix = self.kafka.topic_prefix
+        for subscriber in self._broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                with contextlib.suppress(Exception):  # a partition revoked meanwhile
+                    position = await asyncio.wait_for(consumer.position(tp), 1.0)
+                    topic = tp.topic.removeprefix(prefix)
+                    lag[(topic, tp.partition)] = max(0, highwater - position)
+        return lag
+
     async def readiness(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""
         database = broker = False
@@ -256,3 +291,25 @@ async def _watch_outbox(runtime: ServiceRuntime) -> None:
             runtime.extras["outbox_backlog"] = int(row["backlog"])
             runtime.extras["outbox_oldest_seconds"] = float(row["oldest"])
         await asyncio.sleep(OUTBOX_WATCH_SECONDS)
+
+
+async def _watch_broker(runtime: ServiceRuntime) -> None:
+    """Every ``broker_check_seconds``: create this service's topics if they are missing and
+    measure its consumer lag.
+
+    Topics go missing when a memory-only broker (the embedded one) restarts; until they are
+    back, the relay cannot publish and the consumer has nothing to fetch. Events in flight at
+    such a restart are lost to the broker but not to Waybill: the outbox keeps them, and the
+    stuck-order check in orders re-drives them (services/orders/redrive.py).
+    """
+    interval = runtime.settings.broker_check_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await ensure_topics(runtime.kafka, runtime.topics())
+        except Exception as exc:  # the broker is down: say so, look again next round
+            log.warning("%s could not check its topics: %s", runtime.name, exc)
+        lag = await runtime.consumer_lag()
+        runtime.extras["consumer_lag"] = lag
+        async with runtime.pool.acquire() as conn:
+            await save_consumer_lag(conn, lag)

@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
     consumer_retry_base_seconds: float = Field(default=0.2, gt=0, le=60)
     outbox_batch_max: int = Field(default=1000, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: how often a service checks its topics exist (a memory-only broker loses them when it
+    #: restarts) and measures its consumer lag
+    broker_check_seconds: float = Field(default=10.0, gt=0, le=600)
 
     def tokens(self) -> dict[Role, str]:
         """The configured bearer token of each role (roles without one accept nothing)."""

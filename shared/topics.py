@@ -28,6 +28,7 @@ REFUNDS_REQUESTED: Final = "refunds.requested"
 # internal helper events (not in the contract): see docs/architecture.md
 RETURNS_EXCHANGE_REQUESTED: Final = "returns.exchange-requested"
 WAREHOUSE_RETURN_SCANNED: Final = "warehouse.return-scanned"
+ORDERS_REDRIVE_REQUESTED: Final = "orders.redrive-requested"
 
 DLQ_SUFFIX: Final = ".dlq"
 

@@ -85,6 +85,7 @@ async def make_system(infra: Infrastructure, role_password: str) -> AsyncIterato
         services: list[str] | None = None,
         clock: Any = None,
         with_sandbox: bool = True,
+        kafka: KafkaSettings | None = None,
         **config: Any,
     ) -> LocalSystem:
         admin = await new_database(infra)
@@ -96,7 +97,7 @@ async def make_system(infra: Infrastructure, role_password: str) -> AsyncIterato
         overrides.update(config.pop("service_overrides", {}))
         system = LocalSystem(
             SystemConfig(
-                kafka=new_kafka(infra),
+                kafka=kafka or new_kafka(infra),
                 database_urls=urls,
                 service_overrides=overrides,
                 **config,

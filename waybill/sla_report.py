@@ -67,4 +67,27 @@ def render(summary: dict[str, Any]) -> str:
             f"  (deadline {a['deadline']}, order {a['status']})"
             for a in attention
         ]
+    stuck = summary.get("stuck") or []
+    if stuck:
+        out += ["", "Stuck (overdue without progress; re-driven once):"]
+        out += [
+            f"  {s['order_id']}  {STAGE_NAMES.get(s['stage'], s['stage'])}  "
+            f"{'STUCK' if s['state'] == 'stuck' else 're-driven, waiting'}"
+            f"  (order {s['status']}, re-driven {s['redriven_at']})"
+            for s in stuck
+        ]
+    services = summary.get("services") or []
+    if services:
+        out += ["", "Services:"]
+        for svc in services:
+            if not svc.get("reachable"):
+                out.append(f"  {svc['service']:<10} unreachable ({svc.get('error')})")
+                continue
+            out.append(
+                f"  {svc['service']:<10} outbox {svc['outbox_backlog']}"
+                f"  dead letters {svc['dead_letters']}  consumer lag {svc['consumer_lag']}"
+            )
+            circuits = [f"{c['carrier']} {c['circuit']}" for c in svc.get("carriers") or []]
+            if circuits:
+                out.append(f"  {'':<10} carriers: {', '.join(circuits)}")
     return "\n".join(out)

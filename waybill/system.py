@@ -103,6 +103,9 @@ class ServedApp:
         self.sock.close()
 
 
+PEERS = ("inventory", "shipping", "returns")
+
+
 class LocalSystem:
     def __init__(
         self,
@@ -138,7 +141,7 @@ class LocalSystem:
             "carrier_webhook_secret": SecretStr(self.config.webhook_secret),
         }
         extras: dict[str, dict[str, Any]] = {
-            "orders": {},
+            "orders": {f"{peer}_url": self.urls.get(peer) for peer in PEERS},
             "inventory": {"autopick": self.config.autopick},
             "shipping": carrier,
             "returns": {"return_window_days": self.config.return_window_days, **carrier},

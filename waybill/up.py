@@ -164,6 +164,11 @@ async def run_up(options: UpOptions) -> int:
             "WAYBILL_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
             "WAYBILL_CARRIER_WEBHOOK_SECRET": webhook_secret,
             "WAYBILL_CARRIER_SANDBOX_URL": urls["sandbox"],
+            # orders' ops dashboard asks the other services for their plumbing
+            **{
+                f"WAYBILL_{peer.upper()}_URL": urls[peer]
+                for peer in ("inventory", "shipping", "returns")
+            },
             **{f"WAYBILL_TOKEN_{role.upper()}": token for role, token in tokens.items()},
         }
         if options.demo:

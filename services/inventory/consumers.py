@@ -15,6 +15,7 @@ from shared.events import (
     StockReceived,
 )
 from shared.messaging import EventConsumer
+from shared.messaging.redrive import answer_redrives
 
 
 def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any) -> EventConsumer:
@@ -40,4 +41,5 @@ def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any)
     async def on_return_received(event: ReturnReceived, uow: UnitOfWork) -> None:
         await returns.restock_return(event, uow, autopick=autopick, now=clock.now())
 
+    answer_redrives(consumer, service="inventory")
     return consumer

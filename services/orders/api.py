@@ -17,6 +17,7 @@ from services.orders import handlers, sla
 from services.orders.consumers import MAX_ORDER_BYTES
 from services.orders.domain.promises import PromisePolicy
 from services.orders.domain.sla import at_risk_from, state_of
+from services.orders.peers import services_health
 from services.orders.shop_promises import ShopPromises
 from services.orders.storage import repository as repo
 from shared import telemetry
@@ -121,6 +122,7 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         rejections = await repo.fetch_rejections(conn, order_id)
         return_decisions = await repo.return_decisions_of(conn, order_id)
         stages = await repo.slas_of(conn, order_id)
+        redrives = await repo.redrives_of(conn, order_id)
     now = runtime.clock.now()
     if order is None:
         if not rejections:
@@ -164,15 +166,20 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         ],
         # the return-decision SLA, per return
         "return_decisions": return_decisions,
+        # stages that were overdue without progress: re-driven once, reported if still stuck
+        "redrives": redrives,
     }
 
 
 @router.get("/sla/summary", dependencies=[Depends(require_role("ops"))])
 async def sla_summary(request: Request) -> dict[str, Any]:
-    """Orders per status, and per SLA stage: met, p50/p95, breached, at risk, open."""
+    """Orders per status; per SLA stage: met, p50/p95, breached, at risk, open; the orders
+    needing attention and the stuck ones; each service's outbox, dead letters, consumer lag
+    and carrier circuits."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
-        return await sla.figures(conn, now=runtime.clock.now())
+        figures = await sla.figures(conn, now=runtime.clock.now())
+    return {**figures, "services": await services_health(runtime)}
 
 
 class PromiseSettings(BaseModel):

@@ -53,6 +53,7 @@ def build_runtime(
             topics.ORDERS_CANCELLED,
             topics.ORDERS_CANCELLATION_REJECTED,
             topics.SLA_BREACHED,
+            topics.ORDERS_REDRIVE_REQUESTED,
         ],
         workers=[watch_slas],
     )
@@ -62,6 +63,12 @@ def build_runtime(
     runtime.extras["promise_policy"] = policy
     runtime.extras["shop_promises"] = promises
     runtime.extras["sla_check_seconds"] = settings.sla_check_seconds
+    runtime.extras["peer_urls"] = {
+        "inventory": settings.inventory_url,
+        "shipping": settings.shipping_url,
+        "returns": settings.returns_url,
+    }
+    runtime.extras["redrive_wait"] = timedelta(seconds=settings.redrive_wait_seconds)
     return runtime
 
 

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from services.orders import sla
 from services.orders.domain.sla import STAGE_NAMES, duration, state_of
+from services.orders.peers import services_health
 from services.orders.storage import repository as repo
 from shared.http import role_of_token, runtime_of
 
@@ -116,12 +117,12 @@ async def dashboard(request: Request, token: str | None = None) -> Response:
         return refused
     runtime = runtime_of(request)
     now = runtime.clock.now()
+    services = await services_health(runtime)
     async with runtime.pool.acquire() as conn:
         shown = await sla.figures(conn, now=now)
         series = await repo.stage_latency_by_hour(
             conn, since=now - timedelta(hours=CHART_HOURS), until=now + timedelta(seconds=1)
         )
-        health = await repo.messaging_health(conn)
     return _render(
         "ops.html",
         now=now,
@@ -131,7 +132,14 @@ async def dashboard(request: Request, token: str | None = None) -> Response:
         stages=shown["stages"],
         attention=shown["needs_attention"],
         chart=latency_chart(series, now=now),
-        health=health,
+        stuck=shown["stuck"],
+        services=services,
+        carriers=[
+            {"service": svc["service"], **circuit}
+            for svc in services
+            if svc["reachable"]
+            for circuit in svc.get("carriers") or []
+        ],
     )
 
 

@@ -88,4 +88,6 @@ async def figures(conn: Connection, *, now: datetime) -> dict[str, Any]:
         "needs_attention": await repo.orders_at_risk_or_breached(
             conn, now=now, at_risk_share=AT_RISK_SHARE
         ),
+        # re-driven orders that have not moved yet ("stuck" once the wait is over)
+        "stuck": await repo.unresolved_redrives(conn),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.orders import handlers, sla
+from services.orders import handlers, redrive, sla
 from services.orders.storage import repository as repo
 from shared.db import unit_of_work
 from shared.runtime import ServiceRuntime
@@ -13,7 +13,8 @@ from shared.runtime import ServiceRuntime
 async def watch_slas(runtime: ServiceRuntime) -> None:
     """Judge every open deadline against the clock: own stages (accept, dispatch) breach
     once when overdue, stages past 80 % of their window become at risk, and return
-    requests nobody decided by their deadline breach the return-decision SLA (once)."""
+    requests nobody decided by their deadline breach the return-decision SLA (once); then
+    overdue orders are re-driven once and reported if that does not move them."""
     interval: float = runtime.extras["sla_check_seconds"]
     while True:
         now = runtime.clock.now()
@@ -27,5 +28,8 @@ async def watch_slas(runtime: ServiceRuntime) -> None:
                     deadline=overdue["deadline"],
                     at=now,
                 )
+        # in its own transaction: a failed re-drive must not undo the breaches above
+        async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
+            await redrive.check(uow, now=now, wait=runtime.extras["redrive_wait"])
         runtime.extras["sla_checks"] = runtime.extras.get("sla_checks", 0) + 1
         await asyncio.sleep(interval)

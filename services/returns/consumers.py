@@ -10,6 +10,7 @@ from shared.clock import Clock
 from shared.db import UnitOfWork
 from shared.events import OrderAccepted, ReturnRequested, ReturnScanned, ShipmentDelivered
 from shared.messaging import EventConsumer, PermanentFailure
+from shared.messaging.redrive import answer_redrives
 
 
 def build_consumer(
@@ -48,4 +49,5 @@ def build_consumer(
                 f"receipt refused ({refused.status}): {refused.detail}"
             ) from None
 
+    answer_redrives(consumer, service="returns")
     return consumer

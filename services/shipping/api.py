@@ -11,7 +11,6 @@ from services.shipping import handlers
 from services.shipping.storage import repository as repo
 from shared.carriers import CarrierGateway
 from shared.carriers.purchase import LabelPurchaser
-from shared.carriers.resilience import BreakerState
 from shared.db import unit_of_work
 from shared.db.notify import notify
 from shared.http import require_role, runtime_of
@@ -90,17 +89,4 @@ async def retry_labels(order_id: str, request: Request) -> dict[str, Any]:
 async def carrier_health(request: Request) -> dict[str, Any]:
     """Each carrier's circuit breaker in this process: closed, open or half_open."""
     purchaser: LabelPurchaser = runtime_of(request).extras["purchaser"]
-    carriers = sorted(purchaser.known_carriers | set(purchaser.breakers.breakers))
-    return {
-        "carriers": [
-            {
-                "carrier": name,
-                "circuit": breaker.state.value,
-                "consecutive_failures": breaker.consecutive_failures,
-                "retry_in_seconds": round(breaker.seconds_until_trial(), 3),
-                "times_opened": breaker.transitions.count(BreakerState.OPEN),
-            }
-            for name in carriers
-            for breaker in [purchaser.breakers.of(name)]
-        ]
-    }
+    return {"carriers": purchaser.circuits()}

@@ -8,6 +8,7 @@ from services.shipping import handlers
 from shared.db import UnitOfWork
 from shared.events import OrderAccepted, OrderCancelled, OrderPacked
 from shared.messaging import EventConsumer
+from shared.messaging.redrive import answer_redrives
 
 
 def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
@@ -25,4 +26,5 @@ def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
     async def on_order_packed(event: OrderPacked, uow: UnitOfWork) -> None:
         await handlers.request_label(event, uow)
 
+    answer_redrives(consumer, service="shipping")
     return consumer

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from shared import metrics
 from shared.carriers.base import CarrierError, CarrierGateway, Label, LabelRequest, Quotes
-from shared.carriers.resilience import CarrierBreakers, RetryPolicy
+from shared.carriers.resilience import BreakerState, CarrierBreakers, RetryPolicy
 
 log = logging.getLogger("waybill.carriers.purchase")
 
@@ -229,6 +229,21 @@ class LabelPurchaser:
                 max(1, state.attempts), retry_after=exc.retry_after, rng=self._rng
             )
             return Attempt(state, retry_in=delay, error=str(exc))
+
+    def circuits(self) -> list[dict[str, Any]]:
+        """Each carrier's circuit breaker in this process: closed, open or half_open."""
+        carriers = sorted(self.known_carriers | set(self.breakers.breakers))
+        return [
+            {
+                "carrier": name,
+                "circuit": breaker.state.value,
+                "consecutive_failures": breaker.consecutive_failures,
+                "retry_in_seconds": round(breaker.seconds_until_trial(), 3),
+                "times_opened": breaker.transitions.count(BreakerState.OPEN),
+            }
+            for name in carriers
+            for breaker in [self.breakers.of(name)]
+        ]
 
     def _carriers_to_ask(self) -> set[str] | None:
         """None: everybody; else the known carriers whose breaker is not open."""

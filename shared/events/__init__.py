@@ -28,6 +28,7 @@ from shared.events.orders import (
     OrderPlaced,
     OrderRejected,
     Promise,
+    RedriveRequested,
     ShipmentLine,
     SlaBreached,
 )
@@ -80,6 +81,7 @@ EVENTS_BY_TOPIC: dict[str, type[Event]] = {
         RefundRequested,
         ExchangeRequested,
         ReturnScanned,
+        RedriveRequested,
     )
 }
 
@@ -109,6 +111,7 @@ __all__ = [
     "PicklistLine",
     "Promise",
     "ReceivedLine",
+    "RedriveRequested",
     "RefundRequested",
     "ReturnApproved",
     "ReturnLabel",

@@ -143,6 +143,19 @@ class SlaBreached(Event):
     observed_at: Timestamp
 
 
+class RedriveRequested(Event):
+    """An order is stuck (internal: orders to every service): each service publishes again
+    the events of ``order_id`` from its outbox. Consumers' inboxes absorb the copies they
+    have handled; the one that was lost (a broker restart) moves the order on."""
+
+    TOPIC = topics.ORDERS_REDRIVE_REQUESTED
+
+    order_id: OrderId
+    stage: SlaStage
+    status: str
+    requested_at: Timestamp
+
+
 class ShipmentLine(Model):
     sku: Sku
     quantity: Quantity

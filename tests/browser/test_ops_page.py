@@ -20,6 +20,7 @@ from shared.clock import ManualClock
 from tests.browser.test_warehouse_page import DESKTOP, browser  # noqa: F401 (fixture)
 from tests.conftest import MakeSystem
 from tests.factories import order_placed
+from tests.integration.test_reservation import setup_stock
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -36,10 +37,17 @@ async def test_ops_sees_the_at_risk_order_on_the_dashboard(
 ) -> None:
     clock = ManualClock(datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
     system = await make_system(
-        services=["orders"], clock=clock, service_overrides={"sla_check_seconds": 0.05}
+        clock=clock, service_overrides={"sla_check_seconds": 0.05, "broker_check_seconds": 0.5}
     )
-    log = await event_log_factory(system.config.kafka, [topics.ORDERS_ACCEPTED])
+    log = await event_log_factory(
+        system.config.kafka, [topics.ORDERS_ACCEPTED, topics.SHIPMENTS_LABEL_CREATED]
+    )
     shop = await publisher_factory(system.config.kafka)
+    # one order goes all the way to a label, so that the carriers have a circuit to show
+    await setup_stock(system, [("BER-1", "DE", "10115")], [("BER-1", "OPS-1", 5)])
+    labelled = order_placed(lines=[("OPS-1", 1)], placed_at=clock.now())
+    await shop.send(topics.ORDERS_PLACED, labelled, key=labelled["order_id"])
+    await log.wait(topics.SHIPMENTS_LABEL_CREATED, order_id=labelled["order_id"])
     accepted = []
     for minutes_late in (0, 0, 0, 3):
         order = order_placed(placed_at=clock.now() - timedelta(minutes=minutes_late))
@@ -87,6 +95,20 @@ async def test_ops_sees_the_at_risk_order_on_the_dashboard(
     assert "accept" in figures and "dispatch" in figures
     assert await page.locator("svg.chart polyline").count() >= 1
     assert "breached" in await page.locator(".attention").inner_text()  # the late one
+
+    async def plumbing_shown() -> bool:
+        await page.reload()
+        rows = page.locator("table.services tbody tr")
+        texts = [await rows.nth(i).inner_text() for i in range(await rows.count())]
+        carriers = await page.locator("table.carriers tbody").inner_text()
+        return (
+            len(texts) == 4
+            and not any("unreachable" in t for t in texts)
+            and "shipping" in carriers
+            and "closed" in carriers
+        )
+
+    await wait_for(plumbing_shown, what="every service's plumbing and the carriers' circuits")
     await page.screenshot(path=str(tmp_path / "ops.png"), full_page=True)
     if os.environ.get("WAYBILL_UPDATE_SCREENSHOT") == "1":
         shutil.copy(tmp_path / "ops.png", DOCS_SCREENSHOT)

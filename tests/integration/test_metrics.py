@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -85,3 +86,46 @@ async def test_each_service_exposes_its_part_of_an_orders_journey(
 
     await wait_for(backlog_seen, what="the inventory outbox backlog gauge")
     assert value_of(inventory, "waybill_events_handled_total", service="inventory") is not None
+
+
+async def test_consumer_lag_comes_from_the_fetch_high_watermark_and_drains(
+    make_system: MakeSystem, publisher_factory
+) -> None:
+    # one record per batch, so that a backlog of placements takes seconds to work through
+    system = await make_system(
+        services=["orders"],
+        service_overrides={"consumer_batch_max": 1, "broker_check_seconds": 0.1},
+    )
+    shop = await publisher_factory(system.config.kafka)
+    placed = [order_placed() for _ in range(400)]
+    for order in placed:
+        await shop.send(topics.ORDERS_PLACED, order, key=order["order_id"])
+    token = bearer(system.config.tokens["ops"])
+
+    async def health() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"{system.urls['orders']}/ops/health", headers=token)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def lagging() -> dict[str, Any] | None:
+        body = await health()
+        return body if body["consumer_lag"] > 0 else None
+
+    seen = await wait_for(lagging, what="a consumer lag above zero while orders catch up")
+    assert topics.ORDERS_PLACED in seen["consumer_lag_by_topic"]
+    assert (
+        value_of(await scrape(system, "orders"), "waybill_consumer_lag", topic=topics.ORDERS_PLACED)
+        is not None
+    )
+
+    async def drained() -> dict[str, Any] | None:
+        body = await health()
+        measured = body["consumer_lag_by_topic"].get(topics.ORDERS_PLACED)
+        return body if measured and measured["lag"] == 0 else None
+
+    await wait_for(drained, timeout=90, what="the lag back at zero once all are handled")
+    async with system.runtimes["orders"].pool.acquire() as conn:
+        handled = await conn.fetchval("SELECT count(*) FROM orders")
+    assert handled == len(placed)

@@ -100,5 +100,9 @@ def test_every_contract_topic_has_a_model() -> None:
         "refunds.requested",
     }
     # internal helper events between services (docs/architecture.md), not in the contract
-    internal = {"warehouse.return-scanned", "returns.exchange-requested"}
+    internal = {
+        "warehouse.return-scanned",
+        "returns.exchange-requested",
+        "orders.redrive-requested",
+    }
     assert set(EVENTS_BY_TOPIC) == contract_topics | internal

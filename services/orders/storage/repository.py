@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from services.orders.domain.promises import PromisePolicy
+from services.orders.domain.status import TERMINAL
 from shared.db.uow import Connection
 from shared.events import OrderPlaced, Promise
 
@@ -452,14 +453,149 @@ async def stage_latency_by_hour(
     return [dict(r) for r in rows]
 
 
-async def messaging_health(conn: Connection) -> dict[str, Any]:
-    """This service's outbox backlog (and its oldest row's age) and dead letters."""
-    row = await conn.fetchrow(
+# --- stuck orders (services/orders/redrive.py) ----------------------------------------------
+
+
+async def overdue_without_redrive(
+    conn: Connection, *, now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Stages past their deadline, not met, whose order was not re-driven for them yet."""
+    rows = await conn.fetch(
         """
-        SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS outbox_backlog,
-               (SELECT extract(epoch FROM now() - min(created_at)) FROM outbox
-                 WHERE published_at IS NULL) AS outbox_oldest_seconds,
-               (SELECT count(*) FROM dead_letters) AS dead_letters
-        """
+        SELECT s.order_id, s.stage, '' AS return_id, s.deadline, o.status
+        FROM order_slas s JOIN orders o USING (order_id)
+        WHERE s.met_at IS NULL AND NOT s.closed AND s.deadline < $1
+          AND o.status <> ALL($3::text[])
+          AND NOT EXISTS (SELECT 1 FROM order_redrives r
+                          WHERE r.order_id = s.order_id AND r.stage = s.stage
+                            AND r.return_id = '')
+        UNION ALL
+        SELECT d.order_id, 'return_decision', d.return_id, d.deadline,
+               coalesce(o.status, 'unknown')
+        FROM return_decisions d LEFT JOIN orders o USING (order_id)
+        WHERE d.decided_at IS NULL AND d.deadline < $1
+          AND NOT EXISTS (SELECT 1 FROM order_redrives r
+                          WHERE r.order_id = d.order_id AND r.stage = 'return_decision'
+                            AND r.return_id = d.return_id)
+        ORDER BY deadline LIMIT $2
+        """,
+        now,
+        limit,
+        sorted(TERMINAL),
     )
-    return dict(row) if row is not None else {}
+    return [dict(r) for r in rows]
+
+
+async def record_redrive(
+    conn: Connection,
+    *,
+    order_id: str,
+    stage: str,
+    return_id: str,
+    status: str,
+    deadline: datetime,
+    at: datetime,
+) -> bool:
+    """True the first time for this order and stage (one re-drive each)."""
+    result = await conn.execute(
+        """
+        INSERT INTO order_redrives
+            (order_id, stage, return_id, status, deadline, redriven_at, republished)
+        VALUES ($1, $2, $3, $4, $5, $6, 0)
+        ON CONFLICT DO NOTHING
+        """,
+        order_id,
+        stage,
+        return_id,
+        status,
+        deadline,
+        at,
+    )
+    return bool(result == "INSERT 0 1")
+
+
+async def count_republished(
+    conn: Connection, *, order_id: str, stage: str, return_id: str, n: int
+) -> None:
+    await conn.execute(
+        """
+        UPDATE order_redrives SET republished = $4
+        WHERE order_id = $1 AND stage = $2 AND return_id = $3
+        """,
+        order_id,
+        stage,
+        return_id,
+        n,
+    )
+
+
+async def resolve_redrives(conn: Connection, *, now: datetime) -> list[dict[str, Any]]:
+    """Re-driven orders that moved on since: their status changed, or the stage was met."""
+    rows = await conn.fetch(
+        """
+        UPDATE order_redrives r SET resolved_at = $1
+        WHERE r.resolved_at IS NULL AND (
+            coalesce((SELECT o.status FROM orders o WHERE o.order_id = r.order_id), 'unknown')
+                <> r.status
+            OR EXISTS (SELECT 1 FROM order_slas s
+                       WHERE s.order_id = r.order_id AND s.stage = r.stage
+                         AND (s.met_at IS NOT NULL OR s.closed))
+            OR EXISTS (SELECT 1 FROM return_decisions d
+                       WHERE r.return_id <> '' AND d.return_id = r.return_id
+                         AND d.decided_at IS NOT NULL))
+        RETURNING r.order_id, r.stage, r.return_id, r.reported_at
+        """,
+        now,
+    )
+    return [dict(r) for r in rows]
+
+
+async def report_stuck(
+    conn: Connection, *, now: datetime, redriven_before: datetime
+) -> list[dict[str, Any]]:
+    """Re-driven orders that did not move within the wait: reported now, once."""
+    rows = await conn.fetch(
+        """
+        UPDATE order_redrives SET reported_at = $1
+        WHERE resolved_at IS NULL AND reported_at IS NULL AND redriven_at <= $2
+        RETURNING order_id, stage, return_id, status, deadline, redriven_at
+        """,
+        now,
+        redriven_before,
+    )
+    return [dict(r) for r in rows]
+
+
+async def unresolved_redrives(conn: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Re-driven orders that have not moved yet: reported as stuck first, then waiting."""
+    rows = await conn.fetch(
+        """
+        SELECT order_id, stage, nullif(return_id, '') AS return_id, status, deadline,
+               redriven_at, reported_at,
+               CASE WHEN reported_at IS NULL THEN 'redriven' ELSE 'stuck' END AS state
+        FROM order_redrives WHERE resolved_at IS NULL
+        ORDER BY reported_at IS NULL, redriven_at LIMIT $1
+        """,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def redrives_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT stage, nullif(return_id, '') AS return_id, status, deadline, redriven_at,
+               republished, resolved_at, reported_at
+        FROM order_redrives WHERE order_id = $1 ORDER BY redriven_at
+        """,
+        order_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def first_trace_headers(conn: Connection, order_id: str) -> list[tuple[str, str]]:
+    """The trace context of the first event orders emitted for the order (its trace)."""
+    headers = await conn.fetchval(
+        "SELECT headers FROM outbox WHERE key = $1 ORDER BY id LIMIT 1", order_id
+    )
+    return [(str(k), str(v)) for k, v in (headers or [])]

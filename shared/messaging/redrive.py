@@ -1,0 +1,61 @@
+"""Re-drive: publish a stuck order's events again from a service's outbox.
+
+Orders decides that an order is stuck (services/orders/redrive.py) and publishes
+``orders.redrive-requested``; every other service answers it with :func:`republish_order`,
+and orders does the same for its own events. The copies keep the original ``event_id``
+and trace headers, so consumers that handled an event skip it (inbox), the one that never
+saw it (the broker lost it in a restart) handles it, and the work joins the order's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared import topics
+from shared.db import UnitOfWork
+from shared.db.uow import outbox_channel
+from shared.events import RedriveRequested
+from shared.messaging.consumer import EventConsumer
+
+log = logging.getLogger("waybill.redrive")
+
+#: the record header a re-driven copy carries (the id of the re-drive request)
+REDRIVE_HEADER = "waybill-redrive"
+
+
+async def republish_order(uow: UnitOfWork, *, order_id: str, request_id: str) -> int:
+    """Copy every published outbox row keyed ``order_id`` (originals only, oldest first) to
+    the end of the outbox; the relay publishes the copies. Returns how many were copied."""
+    status = await uow.conn.execute(
+        """
+        INSERT INTO outbox (event_id, topic, key, payload, headers, redrive_of)
+        SELECT event_id, topic, key, payload,
+               headers || jsonb_build_array(jsonb_build_array($2::text, $3::text)), id
+        FROM outbox
+        WHERE key = $1 AND redrive_of IS NULL AND published_at IS NOT NULL AND topic <> $4
+        ORDER BY id
+        """,
+        order_id,
+        REDRIVE_HEADER,
+        request_id,
+        topics.ORDERS_REDRIVE_REQUESTED,  # the requests themselves are not repeated
+    )
+    copied = int(status.split()[-1])
+    if copied:
+        await uow.conn.execute("SELECT pg_notify($1, '')", outbox_channel(uow.schema))
+    return copied
+
+
+def answer_redrives(consumer: EventConsumer, *, service: str) -> None:
+    """Make ``consumer`` answer ``orders.redrive-requested`` with its service's events."""
+
+    @consumer.handles(RedriveRequested)
+    async def on_redrive_requested(event: RedriveRequested, uow: UnitOfWork) -> None:
+        copied = await republish_order(uow, order_id=event.order_id, request_id=str(event.event_id))
+        log.info(
+            "%s re-drives order %s (stage %s): %d events published again",
+            service,
+            event.order_id,
+            event.stage,
+            copied,
+        )
