@@ -8,6 +8,7 @@ from datetime import datetime
 from services.inventory import picking
 from services.inventory.domain.allocation import Pick, plan_allocation, rank_warehouses
 from services.inventory.storage import repository as repo
+from shared import telemetry
 from shared.db import UnitOfWork
 from shared.events import (
     Allocation,
@@ -29,6 +30,7 @@ async def take_order(
     event: OrderAccepted, uow: UnitOfWork, *, autopick: bool, now: datetime
 ) -> None:
     """An accepted order: reserve its stock, or backorder what is missing."""
+    await telemetry.remember_order_trace(uow.conn, event.order_id)
     wanted: dict[str, int] = defaultdict(int)
     for line in event.lines:
         wanted[line.sku] += line.quantity

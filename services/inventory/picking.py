@@ -28,6 +28,7 @@ from services.inventory.domain.waves import (
 )
 from services.inventory.storage import picking as store
 from services.inventory.storage import repository as repo
+from shared import telemetry
 from shared.db import UnitOfWork, unit_of_work
 from shared.db.notify import ChannelListener, notify
 from shared.events import (
@@ -241,7 +242,20 @@ async def release_due_waves(uow: UnitOfWork, *, policy: WavePolicy, now: datetim
         await store.create_lines(
             uow.conn, picklist_id=picklist_id, warehouse_id=wave.warehouse_id, lines=lines
         )
-        uow.emit(_picklist_created(picklist_id, wave.warehouse_id, lines))
+        # a wave serves several orders: its own trace, linked to each order's
+        links = [
+            link
+            for order_id in wave.order_ids
+            for link in telemetry.link_to(await telemetry.order_trace(uow.conn, order_id))
+        ]
+        with telemetry.span(
+            "release wave",
+            service="inventory",
+            parent=telemetry.NEW_TRACE,
+            attributes={"waybill.picklist_id": str(picklist_id), "waybill.orders": len(links)},
+            links=links,
+        ):
+            uow.emit(_picklist_created(picklist_id, wave.warehouse_id, lines))
         log.info(
             "wave of %d order(s) for %s (%s): pick list %s",
             len(wave.order_ids),
@@ -476,15 +490,23 @@ async def _ship(
     for line in lines:
         totals[line.sku] += line.quantity
     shipment_lines = [ShipmentLine(sku=s, quantity=q) for s, q in sorted(totals.items())]
-    uow.emit(
-        OrderPacked(
-            order_id=order_id,
-            warehouse_id=warehouse_id,
-            parcels=parcels,
-            lines=shipment_lines,
-            ship_from=Origin(country=country, postal_code=postal_code),
+    # packing continues the order's trace, also when it happens on the warehouse page
+    stored = await telemetry.order_trace(uow.conn, order_id)
+    with telemetry.span(
+        "pack order",
+        service="inventory",
+        parent=telemetry.context_from(stored) if stored else None,
+        attributes={"waybill.order_id": order_id, "waybill.stage": "dispatch"},
+    ):
+        uow.emit(
+            OrderPacked(
+                order_id=order_id,
+                warehouse_id=warehouse_id,
+                parcels=parcels,
+                lines=shipment_lines,
+                ship_from=Origin(country=country, postal_code=postal_code),
+            )
         )
-    )
     return shipment_lines
 
 

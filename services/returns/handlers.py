@@ -9,8 +9,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry import trace
+
 from services.returns.domain.window import decide_return
 from services.returns.storage import repository as repo
+from shared import telemetry
 from shared.db import UnitOfWork
 from shared.db.notify import notify
 from shared.events import (
@@ -41,6 +44,7 @@ def request_hash(event: ReturnRequested) -> str:
 async def remember_order(
     event: OrderAccepted, uow: UnitOfWork, *, window_days: int, now: datetime
 ) -> None:
+    await telemetry.remember_order_trace(uow.conn, event.order_id)
     await repo.remember_order(
         uow.conn,
         order_id=event.order_id,
@@ -87,6 +91,9 @@ async def request_return(
     """
     if await repo.find_return(uow.conn, event.return_id) is not None:
         return
+    # a return starts a trace of its own (the shop's request), linked to the order's first
+    for link in telemetry.link_to(await telemetry.order_trace(uow.conn, event.order_id)):
+        trace.get_current_span().add_link(link.context, {"waybill.link": "order"})
     ret: dict[str, Any] = {
         "return_id": event.return_id,
         "order_id": event.order_id,

@@ -53,6 +53,7 @@ def shipment_id_for(order_id: str, warehouse_id: str) -> UUID:
 
 
 async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
+    await telemetry.remember_order_trace(uow.conn, event.order_id)
     released = await repo.remember_order(
         uow.conn,
         order_id=event.order_id,
@@ -345,10 +346,34 @@ async def refuse_void(uow: UnitOfWork, shipment: dict[str, Any], error: str) -> 
 
 
 async def record_tracking(uow: UnitOfWork, update: TrackingEvent, *, source: str) -> bool | None:
-    """Apply a tracking event once; None when the tracking number is unknown."""
+    """Apply a tracking event once; None when the tracking number is unknown.
+
+    Tracking comes days after the order's first trace: it starts a trace of its own, linked
+    to the order's, and what it publishes (shipped, delivered) travels on in it.
+    """
     shipment = await repo.lock_by_tracking_number(uow.conn, update.tracking_number)
     if shipment is None:
         return None
+    order_trace = await telemetry.order_trace(uow.conn, shipment["order_id"])
+    with telemetry.span(
+        "tracking update",
+        service="shipping",
+        parent=telemetry.NEW_TRACE,
+        links=telemetry.link_to(order_trace or shipment.get("trace_context")),
+        attributes={
+            "waybill.order_id": shipment["order_id"],
+            "waybill.shipment_id": str(shipment["shipment_id"]),
+            "waybill.stage": "delivery",
+            "waybill.tracking_status": update.status,
+            "waybill.source": source,
+        },
+    ):
+        return await _apply_tracking(uow, shipment, update, source=source)
+
+
+async def _apply_tracking(
+    uow: UnitOfWork, shipment: dict[str, Any], update: TrackingEvent, *, source: str
+) -> bool:
     status = update.status if tracking.is_known(update.status) else "unknown"
     dedupe_key = update.event_id or f"{update.tracking_number}/{status}/{update.at.isoformat()}"
     if not await repo.insert_tracking_event(
