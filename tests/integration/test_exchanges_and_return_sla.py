@@ -44,7 +44,10 @@ async def order_view(system: LocalSystem, order_id: str) -> dict[str, Any]:
 async def outbox_count(system: LocalSystem, topic: str, order_id: str) -> int:
     async with system.runtimes["orders"].pool.acquire() as conn:
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE topic = $1 AND key = $2", topic, order_id
+            # originals only: a re-drive's copies repeat an event, they do not add one
+            "SELECT count(*) FROM outbox WHERE topic = $1 AND key = $2 AND redrive_of IS NULL",
+            topic,
+            order_id,
         )
     return count
 

@@ -96,6 +96,7 @@ class Shop:
                 """
                 SELECT count(*) FROM outbox
                 WHERE topic = $1 AND convert_from(payload, 'UTF8')::jsonb->>'return_id' = $2
+                  AND redrive_of IS NULL  -- a re-drive's copies repeat an event, not add one
                 """,
                 topic,
                 return_id,
