@@ -86,19 +86,37 @@ class EventLog:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    def about(self, topic: str, **match: Any) -> list[dict[str, Any]]:
-        """The events on ``topic`` whose fields equal ``match``."""
-        return [
+    def about(self, topic: str, *, distinct: bool = False, **match: Any) -> list[dict[str, Any]]:
+        """The events on ``topic`` whose fields equal ``match``. With ``distinct``, one record
+        per ``event_id`` (the first): a re-drive or a redelivery repeats an event, it does not
+        add one, and consumers are to treat the repeat as handled."""
+        found = [
             e
             for e in self.records.get(topic, [])
             if isinstance(e, dict) and all(e.get(k) == v for k, v in match.items())
         ]
+        if not distinct:
+            return found
+        first: dict[Any, dict[str, Any]] = {}
+        for e in found:
+            first.setdefault(e.get("event_id"), e)
+        return list(first.values())
 
     async def wait(
-        self, topic: str, *, count: int = 1, timeout: float = 30.0, **match: Any
+        self,
+        topic: str,
+        *,
+        count: int = 1,
+        timeout: float = 30.0,
+        distinct: bool = False,
+        **match: Any,
     ) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await wait_for(
-            lambda: events if len(events := self.about(topic, **match)) >= count else None,
+            lambda: (
+                events
+                if len(events := self.about(topic, distinct=distinct, **match)) >= count
+                else None
+            ),
             timeout=timeout,
             what=f"{count} event(s) on {topic} matching {match}",
         )

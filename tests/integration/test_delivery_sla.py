@@ -79,7 +79,9 @@ async def test_late_and_missing_deliveries_each_breach_exactly_once(
     checks = shipping.extras["sla_checks"]
     await wait_for(lambda: shipping.extras["sla_checks"] > checks + 10, what="many more checks")
     for order in (late, missing):
-        delivery = log.about(topics.SLA_BREACHED, order_id=order["order_id"], stage="delivery")
-        # one breach: one event_id (the overdue orders are re-driven, which publishes copies
-        # of their events with the same event_id; consumers treat a repeat as handled)
-        assert len({b["event_id"] for b in delivery}) == 1
+        # one breach, however often it is seen: the overdue orders are re-driven, which
+        # publishes copies of their events with the same event_id
+        delivery = log.about(
+            topics.SLA_BREACHED, order_id=order["order_id"], stage="delivery", distinct=True
+        )
+        assert len(delivery) == 1

@@ -174,10 +174,12 @@ async def test_return_decisions_breach_once_when_late_or_missing(
     clock.advance(timedelta(seconds=61))
     await decide("late")
     missing = orders["missing"]["order_id"]
-    (breach,) = await log.wait(topics.SLA_BREACHED, order_id=missing)
+    (breach,) = await log.wait(topics.SLA_BREACHED, order_id=missing, distinct=True)
     assert breach["stage"] == "return_decision"
     assert datetime.fromisoformat(breach["deadline"]) == seen[0]
-    (late_breach,) = await log.wait(topics.SLA_BREACHED, order_id=orders["late"]["order_id"])
+    (late_breach,) = await log.wait(
+        topics.SLA_BREACHED, order_id=orders["late"]["order_id"], distinct=True
+    )
     assert late_breach["stage"] == "return_decision"
 
     orders_runtime = system.runtimes["orders"]
