@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,15 @@ from shared.settings import Role
 def runtime_of(request: Request) -> ServiceRuntime:
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime
+
+
+def new_token(nbytes: int = 24) -> str:
+    """A random URL-safe token that never begins with ``-``, so that it can follow an option
+    on a command line (``waybill sla --token TOKEN``) without being read as one."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
 
 
 def role_of_token(tokens: dict[Role, str], presented: str) -> Role | None:

@@ -164,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sla = commands.add_parser("sla", help="SLA report per stage (count, p50, p95, breaches)")
     sla.add_argument("--url", default=None, help="the orders service (WAYBILL_ORDERS_URL)")
-    sla.add_argument("--token", help="the ops token (default WAYBILL_TOKEN_OPS)")
+    sla.add_argument(
+        "--token",
+        help="the ops token (default WAYBILL_TOKEN_OPS; write --token=TOKEN if it begins with -)",
+    )
     sla.add_argument("--json", action="store_true", help="the figures as JSON")
     sla.set_defaults(handler=cmd_sla)
 

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from shared.clock import Clock
+from shared.http import new_token
 from shared.runtime import ServiceRuntime
 from shared.settings import KafkaSettings, Role, ServiceSettings
 
@@ -39,7 +40,7 @@ DEFAULT_PORTS: dict[str, int] = {
 
 
 def random_tokens() -> dict[Role, str]:
-    return {role: secrets.token_urlsafe(24) for role in ("shop", "warehouse", "ops", "admin")}
+    return {role: new_token() for role in ("shop", "warehouse", "ops", "admin")}
 
 
 @dataclass

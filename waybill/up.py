@@ -32,6 +32,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
+from shared.http import new_token
 from shared.infra import die_with_parent, provision_service_database, start_infrastructure
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings, default_data_dir
@@ -71,7 +72,7 @@ class UpOptions:
 
 
 def _env_or_random(name: str) -> str:
-    return os.environ.get(name) or secrets.token_urlsafe(18)
+    return os.environ.get(name) or new_token(18)
 
 
 class Child:
