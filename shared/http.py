@@ -23,12 +23,9 @@ def runtime_of(request: Request) -> ServiceRuntime:
 
 
 def new_token(nbytes: int = 24) -> str:
-    """A random URL-safe token that never begins with ``-``, so that it can follow an option
-    on a command line (``waybill sla --token TOKEN``) without being read as one."""
-    while True:
-        token = secrets.token_urlsafe(nbytes)
-        if not token.startswith("-"):
-            return token
+    """A random token of ``nbytes`` bytes in hex. Hex, not URL-safe base64: one of those in 64
+    begins with ``-``, which a command line (``waybill sla --token TOKEN``) reads as an option."""
+    return secrets.token_hex(nbytes)
 
 
 def role_of_token(tokens: dict[Role, str], presented: str) -> Role | None:
