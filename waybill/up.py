@@ -240,7 +240,8 @@ def _print_banner(
     for part in ("orders", "inventory", "shipping", "returns", "sandbox"):
         print(f"  {part:10} {urls[part]}")
     print(f"  {'broker':10} {bootstrap}")
-    print(f"\n  ops dashboard data:  {urls['orders']}/sla/summary")
+    print(f"\n  ops dashboard:       {urls['orders']}/ops?token={tokens['ops']}")
+    print(f"  ops figures (JSON):  {urls['orders']}/sla/summary  (bearer: the ops token)")
     print(
         f"  warehouse page:      {urls['inventory']}/warehouse/<warehouse_id>"
         f"?token={tokens['warehouse']}" + ("  (demo: BER-1, MUC-1, AMS-1)" if demo else "")

@@ -48,6 +48,14 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Waybill is up." in result.stdout
     assert re.search(r"/warehouse/<warehouse_id>\?token=\S+", result.stdout)
+    # the dashboard's link signs ops in with the ops token the banner lists
+    dashboard = re.search(
+        r"ops dashboard: +http://127\.0\.0\.1:(\d+)/ops\?token=(\S+)", result.stdout
+    )
+    ops_token = re.search(r"token ops +(\S+)", result.stdout)
+    assert dashboard and ops_token, result.stdout[:2000]
+    assert dashboard[1] == env["WAYBILL_ORDERS_PORT"]
+    assert dashboard[2] == ops_token[1]
     assert "Demo complete" in result.stdout
     progress = re.findall(r"delivered (\d+)/8", result.stdout)
     assert progress and progress[-1] == "8", "the progress table counts this run's deliveries"
