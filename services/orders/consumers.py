@@ -197,7 +197,12 @@ def build_consumer(
             detail={"return_id": event.return_id, **detail},
         )
         await handlers.return_decided(
-            uow, return_id=event.return_id, decision=decision, now=clock.now()
+            uow,
+            return_id=event.return_id,
+            order_id=event.order_id,
+            decision=decision,
+            now=clock.now(),
+            decision_within=return_decision_within,
         )
 
     @consumer.handles(ReturnApproved)

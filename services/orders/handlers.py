@@ -191,10 +191,23 @@ async def return_requested(
     )
 
 
-async def return_decided(uow: UnitOfWork, *, return_id: str, decision: str, now: datetime) -> None:
+async def return_decided(
+    uow: UnitOfWork,
+    *,
+    return_id: str,
+    order_id: str,
+    decision: str,
+    now: datetime,
+    decision_within: timedelta,
+) -> None:
     """A decision: a late one breaches the SLA now, unless the watcher already did."""
     late = await repo.record_return_decision(
-        uow.conn, return_id=return_id, decision=decision, decided_at=now
+        uow.conn,
+        return_id=return_id,
+        order_id=order_id,
+        decision=decision,
+        decided_at=now,
+        deadline_if_unseen=now + decision_within,
     )
     if late is not None:
         await breach_return_decision(

@@ -153,8 +153,21 @@ async def order_timeline(order_id: str, request: Request) -> Response:
     async with runtime.pool.acquire() as conn:
         order = await repo.fetch_order(conn, order_id)
         stages = await repo.slas_of(conn, order_id)
+        returns = await repo.return_decisions_of(conn, order_id)
     if order is None:
         return _render("order.html", status_code=404, order=None, order_id=order_id, stages=[])
+    stages = [{**stage, "return_id": None} for stage in stages] + [
+        {
+            "stage": "return_decision",
+            "return_id": r["return_id"],
+            "window_start": r["requested_at"],
+            "deadline": r["deadline"],
+            "met_at": r["decided_at"],
+            "breached_at": r["breached_at"],
+            "closed": False,
+        }
+        for r in returns
+    ]
     for stage in stages:
         stage["state"] = state_of(
             window_start=stage["window_start"],

@@ -192,6 +192,18 @@ async def test_return_decisions_breach_once_when_late_or_missing(
     (decision,) = view["return_decisions"]
     assert decision["decided_at"] is None and decision["breached_at"] is not None
 
+    # ops see both breached returns among the orders needing attention, and on the page
+    async with httpx.AsyncClient(timeout=10, headers=bearer(system.config.tokens["ops"])) as http:
+        summary = (await http.get(f"{system.urls['orders']}/sla/summary")).json()
+        page = await http.get(f"{system.urls['orders']}/ops/orders/{missing}")
+    attention = {(a["order_id"], a["stage"], a["state"]) for a in summary["needs_attention"]}
+    for name in ("missing", "late"):
+        assert (orders[name]["order_id"], "return_decision", "breached") in attention, name
+    assert (orders["on_time"]["order_id"], "return_decision", "breached") not in attention
+    assert page.status_code == 200
+    assert requests["missing"]["return_id"] in page.text
+    assert 'class="pill breached"' in page.text
+
 
 async def _deadlines(system: LocalSystem, return_ids: list[str]) -> list[datetime] | None:
     async with system.runtimes["orders"].pool.acquire() as conn:
@@ -207,3 +219,58 @@ async def _decided(system: LocalSystem, return_id: str) -> bool:
             "SELECT decided_at IS NOT NULL FROM return_decisions WHERE return_id = $1", return_id
         )
     return decided is True
+
+
+async def test_a_decision_seen_before_its_request_is_on_time(
+    make_system: MakeSystem, event_log_factory, publisher_factory
+) -> None:
+    # returns.requested and the decision travel on different topics, so orders can see the
+    # decision first (the demo did); the late request must not open a deadline of its own
+    clock = ManualClock(datetime.now(UTC))
+    system = await make_system(
+        services=["orders"], clock=clock, service_overrides={"sla_check_seconds": 0.1}
+    )
+    log = await event_log_factory(system.config.kafka, [topics.ORDERS_ACCEPTED])
+    shop = await publisher_factory(system.config.kafka)
+    order = order_placed(lines=[("RET", 1)])
+    oid = order["order_id"]
+    await shop.send(topics.ORDERS_PLACED, order, key=oid)
+    await log.wait(topics.ORDERS_ACCEPTED, order_id=oid)
+    request = return_requested(order_id=oid, lines=[("RET", 1)], requested_at=clock.now())
+    rejected = {
+        "event_id": str(uuid4()),
+        "return_id": request["return_id"],
+        "order_id": oid,
+        "reason": "window_expired",
+    }
+    await shop.send(topics.RETURNS_REJECTED, rejected, key=oid)
+    await wait_for(lambda: _decided(system, request["return_id"]), what="the decision recorded")
+    clock.advance(timedelta(seconds=5))
+    await shop.send(topics.RETURNS_REQUESTED, request, key=oid)
+    await wait_for(
+        lambda: _in_timeline(system, oid, topics.RETURNS_REQUESTED), what="the request handled"
+    )
+    # a decision about an order orders does not know opens nothing either
+    stranger = {**rejected, "event_id": str(uuid4()), "return_id": new_id("ret-")}
+    stranger["order_id"] = new_id()
+    await shop.send(topics.RETURNS_REJECTED, stranger, key=stranger["order_id"])
+
+    clock.advance(timedelta(seconds=120))
+    orders_runtime = system.runtimes["orders"]
+    checks = orders_runtime.extras["sla_checks"]
+    await wait_for(lambda: orders_runtime.extras["sla_checks"] > checks + 10, what="more checks")
+    (decision,) = (await order_view(system, oid))["return_decisions"]
+    assert decision["decision"] == "rejected"
+    assert decision["breached_at"] is None
+    assert await outbox_count(system, topics.SLA_BREACHED, oid) == 0
+    assert await _deadlines(system, [stranger["return_id"]]) is None
+
+
+async def _in_timeline(system: LocalSystem, order_id: str, topic: str) -> bool:
+    async with system.runtimes["orders"].pool.acquire() as conn:
+        seen = await conn.fetchval(
+            "SELECT count(*) FROM order_timeline WHERE order_id = $1 AND topic = $2",
+            order_id,
+            topic,
+        )
+    return bool(seen)

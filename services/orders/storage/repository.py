@@ -207,18 +207,36 @@ async def record_return_request(
 
 
 async def record_return_decision(
-    conn: Connection, *, return_id: str, decision: str, decided_at: datetime
+    conn: Connection,
+    *,
+    return_id: str,
+    order_id: str,
+    decision: str,
+    decided_at: datetime,
+    deadline_if_unseen: datetime,
 ) -> dict[str, Any] | None:
-    """The decision's time, once; returns the row when its deadline had passed unbreached."""
+    """The decision's time, once; returns the row when its deadline had passed unbreached.
+
+    The request and its decision come on different topics, so the decision can be seen
+    first. Then the request counts as seen at the decision (on time), and the request's
+    later arrival (:func:`record_return_request`) keeps this row. Orders that are not ours
+    get no row, as their requests get none.
+    """
     row = await conn.fetchrow(
         """
-        UPDATE return_decisions SET decided_at = $3, decision = $2
-        WHERE return_id = $1 AND decided_at IS NULL
+        INSERT INTO return_decisions
+            (return_id, order_id, requested_at, deadline, decided_at, decision)
+        SELECT $1, $2, $4, $5, $4, $3
+        WHERE EXISTS (SELECT 1 FROM orders WHERE order_id = $2)
+        ON CONFLICT (return_id) DO UPDATE SET decided_at = $4, decision = $3
+            WHERE return_decisions.decided_at IS NULL
         RETURNING order_id, deadline, breached_at
         """,
         return_id,
+        order_id,
         decision,
         decided_at,
+        deadline_if_unseen,
     )
     if row is None or row["breached_at"] is not None or decided_at <= row["deadline"]:
         return None
@@ -361,21 +379,27 @@ async def slas_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+#: Every SLA stage of every order, one row each: the order's own stages (accept, dispatch,
+#: delivery) and each return's decision. The summary, the orders needing attention and the
+#: latency chart all read this, so they count the same things.
+_SLA_STAGES = """
+    SELECT order_id, stage, window_start AS started, deadline, met_at AS done, breached_at,
+           closed
+    FROM order_slas
+    UNION ALL
+    SELECT order_id, 'return_decision', requested_at, deadline, decided_at, breached_at, false
+    FROM return_decisions
+"""
+
+
 async def stage_summary(
     conn: Connection, *, now: datetime, at_risk_share: float
 ) -> list[dict[str, Any]]:
     """Per stage: how many were met, p50 and p95 of the time they took (seconds from the
     window's start), how many breached, how many are at risk or still open now."""
     rows = await conn.fetch(
-        """
-        WITH stages AS (
-            SELECT stage, window_start AS started, deadline, met_at AS done, breached_at,
-                   closed
-            FROM order_slas
-            UNION ALL
-            SELECT 'return_decision', requested_at, deadline, decided_at, breached_at, false
-            FROM return_decisions
-        )
+        f"""
+        WITH stages AS ({_SLA_STAGES})
         SELECT stage,
                count(done) AS met,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done - started))
@@ -410,16 +434,17 @@ async def orders_at_risk_or_breached(
 ) -> list[dict[str, Any]]:
     """The orders ops should look at: a stage breached, or at risk now; newest first."""
     rows = await conn.fetch(
-        """
+        f"""
+        WITH stages AS ({_SLA_STAGES})
         SELECT s.order_id, s.stage, s.deadline,
-               CASE WHEN s.breached_at IS NOT NULL OR s.met_at > s.deadline
-                         OR (s.met_at IS NULL AND NOT s.closed AND s.deadline < $1)
+               CASE WHEN s.breached_at IS NOT NULL OR s.done > s.deadline
+                         OR (s.done IS NULL AND NOT s.closed AND s.deadline < $1)
                     THEN 'breached' ELSE 'at_risk' END AS state,
                o.status
-        FROM order_slas s JOIN orders o USING (order_id)
-        WHERE s.breached_at IS NOT NULL OR s.met_at > s.deadline
-           OR (s.met_at IS NULL AND NOT s.closed
-               AND s.window_start + (s.deadline - s.window_start) * $2 <= $1)
+        FROM stages s JOIN orders o USING (order_id)
+        WHERE s.breached_at IS NOT NULL OR s.done > s.deadline
+           OR (s.done IS NULL AND NOT s.closed
+               AND s.started + (s.deadline - s.started) * $2 <= $1)
         ORDER BY s.deadline DESC LIMIT $3
         """,
         now,
@@ -434,18 +459,13 @@ async def stage_latency_by_hour(
 ) -> list[dict[str, Any]]:
     """p50 time to meet each stage, per hour in which stages were met (for the chart)."""
     rows = await conn.fetch(
-        """
-        WITH met AS (
-            SELECT stage, met_at AS done, window_start AS started FROM order_slas
-            WHERE met_at >= $1 AND met_at < $2
-            UNION ALL
-            SELECT 'return_decision', decided_at, requested_at FROM return_decisions
-            WHERE decided_at >= $1 AND decided_at < $2
-        )
+        f"""
+        WITH stages AS ({_SLA_STAGES})
         SELECT stage, date_trunc('hour', done) AS hour, count(*) AS met,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done - started))
                    AS p50_seconds
-        FROM met GROUP BY stage, hour ORDER BY hour, stage
+        FROM stages WHERE done >= $1 AND done < $2
+        GROUP BY stage, hour ORDER BY hour, stage
         """,
         since,
         until,
