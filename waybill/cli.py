@@ -94,6 +94,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(run_up(options))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from waybill.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        orders=args.orders,
+        full=args.full,
+        replicas=args.replicas,
+        partitions=args.partitions,
+        latency_seconds=args.latency_seconds,
+        low_rate=args.low_rate,
+        idle_seconds=args.idle_seconds,
+        hops=args.hops,
+        naive_orders=args.naive_orders,
+        references=not args.no_references,
+        latency=not args.no_latency,
+        output=Path(args.output) if args.output else None,
+        as_json=args.json,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        keep_data=args.keep_data,
+        profile=Path(args.profile) if args.profile else None,
+        service_env=dict(item.split("=", 1) for item in args.env),
+    )
+    return asyncio.run(run_bench(options))
+
+
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     from waybill.asyncapi import render
 
@@ -170,6 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sla.add_argument("--json", action="store_true", help="the figures as JSON")
     sla.set_defaults(handler=cmd_sla)
+
+    bench = commands.add_parser(
+        "bench", help="the end-to-end benchmark on the embedded broker and database"
+    )
+    bench.add_argument("--orders", type=int, default=20_000, help="orders in the peak phase")
+    bench.add_argument(
+        "--full", action="store_true", help="every order on to delivery and a return decision"
+    )
+    bench.add_argument("--replicas", type=int, default=1, help="instances of each service")
+    bench.add_argument("--partitions", type=int, default=6, help="partitions per topic")
+    bench.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="length of each fixed-rate phase"
+    )
+    bench.add_argument("--low-rate", type=float, default=10.0, help="orders/s of the low phase")
+    bench.add_argument("--idle-seconds", type=float, default=10.0)
+    bench.add_argument("--hops", type=int, default=4, help="hops of the reference pipelines")
+    bench.add_argument("--naive-orders", type=int, default=2_000)
+    bench.add_argument("--no-references", action="store_true", help="skip the references")
+    bench.add_argument("--no-latency", action="store_true", help="skip the fixed-rate phases")
+    bench.add_argument("--output", help="result file (default bench-results/<time>.json)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument("--data-dir", help="embedded data and logs (default: a temporary one)")
+    bench.add_argument("--keep-data", action="store_true", help="keep the temporary data")
+    bench.add_argument("--profile", help="py-spy every service during the peak into this folder")
+    bench.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="WAYBILL_X=VALUE",
+        help="a setting for every service (repeatable), for experiments",
+    )
+    bench.set_defaults(handler=cmd_bench)
 
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the code")
     asyncapi.add_argument("--output", default="docs/asyncapi.yaml")

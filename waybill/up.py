@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import random
-import secrets
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +32,10 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
-from shared.http import new_token
-from shared.infra import die_with_parent, provision_service_database, start_infrastructure
+from shared.infra import start_infrastructure
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings, default_data_dir
-from waybill.system import DEFAULT_PORTS, SERVICES
+from waybill.processes import ProcessSystem, SystemOptions, default_ports, tokens_from_environment
 
 log = logging.getLogger("waybill.up")
 
@@ -71,59 +70,6 @@ class UpOptions:
     done_timeout_seconds: float = 600.0
 
 
-def _env_or_random(name: str) -> str:
-    return os.environ.get(name) or new_token(18)
-
-
-class Child:
-    """A service process; its output goes to a log file under the data directory."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            # started from the event loop's (main) thread: the service gets SIGTERM if
-            # `waybill up` dies without stopping it, so nothing is ever orphaned
-            self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                env=self.env,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
-
-    async def stop(self, grace_seconds: float = 15.0) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), grace_seconds)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
-async def _wait_ready(http: httpx.AsyncClient, name: str, url: str, child: Child) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if child.process is not None and child.process.returncode is not None:
-            raise RuntimeError(
-                f"{name} exited with {child.process.returncode}; see {child.log_path}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.get(url, timeout=2)).status_code == 200:
-                return
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{name} not ready at {url} after 90 s; see {child.log_path}")
-
-
 async def run_up(options: UpOptions) -> int:
     data_dir = options.data_dir or Path(os.environ.get("WAYBILL_DATA_DIR") or default_data_dir())
     if options.fresh and (data_dir / "postgres").exists():
@@ -143,62 +89,22 @@ async def run_up(options: UpOptions) -> int:
         durable=True,
         prefer="embedded",
     )
-    children: list[Child] = []
+    system: ProcessSystem | None = None
     try:
-        password = secrets.token_urlsafe(18)
-        dsns = {
-            name: await provision_service_database(infra.admin_dsn, name, password=password)
-            for name in SERVICES
-        }
-        tokens = {
-            role: _env_or_random(f"WAYBILL_TOKEN_{role.upper()}")
-            for role in ("shop", "warehouse", "ops", "admin")
-        }
-        webhook_secret = _env_or_random("WAYBILL_CARRIER_WEBHOOK_SECRET")
-        ports = {
-            part: int(os.environ.get(f"WAYBILL_{part.upper()}_PORT", port))
-            for part, port in DEFAULT_PORTS.items()
-        }
-        urls = {part: f"http://127.0.0.1:{port}" for part, port in ports.items()}
-        base_env = {
-            **os.environ,
-            "WAYBILL_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-            "WAYBILL_CARRIER_WEBHOOK_SECRET": webhook_secret,
-            "WAYBILL_CARRIER_SANDBOX_URL": urls["sandbox"],
-            # orders' ops dashboard asks the other services for their plumbing
-            **{
-                f"WAYBILL_{peer.upper()}_URL": urls[peer]
-                for peer in ("inventory", "shipping", "returns")
-            },
-            **{f"WAYBILL_TOKEN_{role.upper()}": token for role, token in tokens.items()},
-        }
-        if options.demo:
-            base_env["WAYBILL_AUTOPICK"] = "1"
-        python = [sys.executable, "-m", "waybill.cli"]
-        logs = data_dir / "logs"
-        sandbox_argv = [
-            *python,
-            "carrier-sandbox",
-            "--port",
-            str(ports["sandbox"]),
-            "--webhook-url",
-            f"{urls['shipping']}/webhooks/carriers/{{carrier}}",
-            # the secret travels in the environment (base_env), never on a command line:
-            # other users can read those, and a random one starting with "-" is an option
-        ]
-        if options.demo:
-            sandbox_argv += ["--auto-advance", "--step-seconds", "1.0"]
-        children.append(Child("sandbox", sandbox_argv, base_env, logs / "sandbox.log"))
-        for name in SERVICES:
-            env = {**base_env, "WAYBILL_DATABASE_URL": dsns[name]}
-            env[f"WAYBILL_{name.upper()}_PORT"] = str(ports[name])
-            children.append(Child(name, [*python, "run", name], env, logs / f"{name}.log"))
-        for child in children:
-            await child.start()
-        async with httpx.AsyncClient() as http:
-            for child in children:
-                probe = "/healthz" if child.name == "sandbox" else "/readyz"
-                await _wait_ready(http, child.name, urls[child.name] + probe, child)
+        system = ProcessSystem(
+            infra,
+            SystemOptions(
+                logs=data_dir / "logs",
+                ports=default_ports(),
+                autopick=options.demo,
+                sandbox_auto_advance=options.demo,
+                sandbox_step_seconds=1.0,
+                tokens=tokens_from_environment(),
+                webhook_secret=os.environ.get("WAYBILL_CARRIER_WEBHOOK_SECRET") or None,
+            ),
+        )
+        await system.start()
+        urls, tokens, logs = system.urls, system.tokens, system.options.logs
         _print_banner(urls, tokens, infra.kafka_bootstrap, logs, demo=options.demo)
         kafka = KafkaSettings(bootstrap=infra.kafka_bootstrap)
         if options.demo:
@@ -221,8 +127,8 @@ async def run_up(options: UpOptions) -> int:
         return 0
     finally:
         _say("\nStopping ...")
-        for child in reversed(children):
-            await child.stop()
+        if system is not None:
+            await system.stop()
         await asyncio.to_thread(infra.close)
         _say("Stopped.")
 
@@ -251,39 +157,61 @@ def _print_banner(
     print(f"\n  logs: {logs}\n  Ctrl-C stops everything.\n", flush=True)
 
 
-async def _demo_setup(
-    http: httpx.AsyncClient, urls: dict[str, str], tokens: dict[str, str], n: int
-) -> None:
-    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+async def register_demo_warehouses(http: httpx.AsyncClient, inventory: str, admin: str) -> None:
     for warehouse_id, name, country, postal in DEMO_WAREHOUSES:
         r = await http.put(
-            f"{urls['inventory']}/warehouses/{warehouse_id}",
+            f"{inventory}/warehouses/{warehouse_id}",
             json={"name": name, "country": country, "postal_code": postal},
-            headers=admin,
+            headers={"Authorization": f"Bearer {admin}"},
         )
         r.raise_for_status()
-    per_sku = max(5, n)  # enough for every demo order, spread over the warehouses
-    for i, sku in enumerate(DEMO_SKUS):
+
+
+def demo_bin(warehouse_index: int, sku: str) -> str:
+    """Where a demo SKU lives in a demo warehouse: zone, aisle, shelf."""
+    i = DEMO_SKUS.index(sku)
+    return f"{'ABC'[warehouse_index]}-{i + 1:02d}-{(i * 7) % 5 + 1:02d}"
+
+
+async def receive_demo_stock(
+    http: httpx.AsyncClient, inventory: str, admin: str, units: Mapping[str, int]
+) -> None:
+    """``units[sku]`` of each SKU into every demo warehouse (POST /stock/receipts)."""
+    for sku, quantity in units.items():
         for j, (warehouse_id, *_rest) in enumerate(DEMO_WAREHOUSES):
             r = await http.post(
-                f"{urls['inventory']}/stock/receipts",
+                f"{inventory}/stock/receipts",
                 json={
                     "warehouse_id": warehouse_id,
                     "sku": sku,
-                    "quantity": per_sku,
-                    "bin": f"{'ABC'[j]}-{i + 1:02d}-{(i * 7) % 5 + 1:02d}",
+                    "quantity": quantity,
+                    "bin": demo_bin(j, sku),
                 },
-                headers=admin,
+                headers={"Authorization": f"Bearer {admin}"},
             )
             r.raise_for_status()
 
 
-def demo_order(n: int) -> dict[str, Any]:
-    city, country, postal = random.choice(DEMO_DESTINATIONS)
-    lines = random.sample(DEMO_SKUS, k=random.randint(1, 3))
+async def _demo_setup(
+    http: httpx.AsyncClient, urls: dict[str, str], tokens: dict[str, str], n: int
+) -> None:
+    await register_demo_warehouses(http, urls["inventory"], tokens["admin"])
+    per_sku = max(5, n)  # enough for every demo order, spread over the warehouses
+    await receive_demo_stock(
+        http, urls["inventory"], tokens["admin"], dict.fromkeys(DEMO_SKUS, per_sku)
+    )
+
+
+def demo_order(
+    n: int, *, rng: random.Random | None = None, order_id: str | None = None
+) -> dict[str, Any]:
+    """An order as a shop would place it: 1-3 lines of the demo SKUs to a demo city."""
+    dice = rng or random.Random()
+    city, country, postal = dice.choice(DEMO_DESTINATIONS)
+    lines = dice.sample(DEMO_SKUS, k=dice.randint(1, 3))
     return {
         "event_id": str(uuid4()),
-        "order_id": f"demo:{uuid4().hex[:10]}",
+        "order_id": order_id or f"demo:{uuid4().hex[:10]}",
         "shop_id": "demo-shop",
         "placed_at": datetime.now(UTC).isoformat(),
         "service_level": "express" if n % 5 == 0 else "standard",
@@ -299,8 +227,8 @@ def demo_order(n: int) -> dict[str, Any]:
         "lines": [
             {
                 "sku": sku,
-                "quantity": random.randint(1, 2),
-                "unit_price": f"{random.randint(5, 90)}.99",
+                "quantity": dice.randint(1, 2),
+                "unit_price": f"{dice.randint(5, 90)}.99",
             }
             for sku in lines
         ],

@@ -258,7 +258,7 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
     async def labels(
         reference: str | None = None,
         carrier: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 1000,
     ) -> LabelList:
         """Labels bought so far (newest last): who bought what, with which key."""
         return LabelList(labels=sandbox.labels(reference=reference, carrier=carrier, limit=limit))
