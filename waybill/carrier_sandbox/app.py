@@ -278,6 +278,8 @@ def run_sandbox(config: SandboxConfig, *, host: str = "127.0.0.1", port: int = 8
             host=host,
             port=port,
             log_level="info",
+            # a line per request costs the sandbox more than answering it
+            access_log=False,
             lifespan="on",
             # Requests hanging in an injected timeout must not hold up shutdown for long.
             timeout_graceful_shutdown=3,

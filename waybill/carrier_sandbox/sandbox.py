@@ -371,7 +371,7 @@ class Sandbox:
         )
         self.labels_by_carrier[tariff.carrier] += 1
         self.record_event(tracking_number, "pre_transit", at=now, push=False)
-        logger.info(
+        logger.debug(
             "label bought: carrier=%s service=%s tracking_number=%s",
             tariff.carrier,
             tariff.service,
