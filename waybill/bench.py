@@ -84,7 +84,7 @@ class BenchOptions:
     as_json: bool = False
     data_dir: Path | None = None
     keep_data: bool = False
-    #: sample every service with py-spy during the peak phase into this folder
+    #: sample every service with py-spy during each phase into this folder
     profile: Path | None = None
     #: more WAYBILL_* settings for every service (experiments)
     service_env: dict[str, str] = field(default_factory=dict)
@@ -455,7 +455,7 @@ class Bench:
 
         self.say(f"phase {name}: {n} orders" + (f" at {rate:.0f}/s" if rate else " at once"))
         self.progress.start(describe)
-        profilers = await self.start_profilers(name) if rate is None else []
+        profilers = await self.start_profilers(name)
         cpu_before = self.meter.cpu()
         started = time.monotonic()
         deliveries: list[asyncio.Future[Any]] = []

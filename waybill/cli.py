@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.add_argument("--data-dir", help="embedded data and logs (default: a temporary one)")
     bench.add_argument("--keep-data", action="store_true", help="keep the temporary data")
-    bench.add_argument("--profile", help="py-spy every service during the peak into this folder")
+    bench.add_argument("--profile", help="py-spy every service during each phase into this folder")
     bench.add_argument(
         "--env",
         action="append",

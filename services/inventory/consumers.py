@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from services.inventory import handlers, returns
@@ -21,9 +22,9 @@ from shared.messaging.redrive import answer_redrives
 def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-inventory", schema=schema, **options)
 
-    @consumer.handles(OrderAccepted)
-    async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
-        await handlers.take_order(event, uow, autopick=autopick, now=clock.now())
+    @consumer.handles_batch(OrderAccepted)
+    async def on_orders_accepted(events: Sequence[OrderAccepted], uow: UnitOfWork) -> None:
+        await handlers.take_orders(events, uow, autopick=autopick, now=clock.now())
 
     @consumer.handles(OrderCancelled)
     async def on_order_cancelled(event: OrderCancelled, uow: UnitOfWork) -> None:

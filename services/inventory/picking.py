@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 from services.inventory.config import InventorySettings
-from services.inventory.domain.allocation import Pick
+from services.inventory.domain.allocation import Pick, Warehouse
 from services.inventory.domain.waves import (
     PickLine,
     WavePolicy,
@@ -32,6 +32,7 @@ from shared import telemetry
 from shared.db import UnitOfWork, unit_of_work
 from shared.db.notify import ChannelListener, notify
 from shared.events import (
+    Event,
     OrderPacked,
     Origin,
     Parcel,
@@ -150,19 +151,68 @@ class WaveBuilderStats:
 
 
 async def on_reserved(
-    uow: UnitOfWork, order_id: str, picks: Sequence[Pick], *, autopick: bool, now: datetime
+    uow: UnitOfWork,
+    reserved: Sequence[tuple[str, Sequence[Pick]]],
+    *,
+    autopick: bool,
+    now: datetime,
+    warehouses: Sequence[Warehouse],
+    causes: Mapping[str, Event],
 ) -> None:
-    """An order's stock was reserved in this transaction: queue it for picking.
+    """Orders whose stock is reserved in this transaction: the stock is taken and the picks
+    are queued for picking, all in a few statements.
 
-    With ``autopick`` (demo, benchmark) the warehouse picks and packs it at once instead.
+    With ``autopick`` (demo, benchmark) the warehouse picks and packs them at once instead:
+    the goods leave the shelves, each order gets a pick list per warehouse, confirmed and
+    packed, and ``orders.packed`` says what left from where.
     """
+    picks = [(order_id, p) for order_id, order_picks in reserved for p in order_picks]
     if not picks:
         return
-    if autopick:
-        await _pick_and_pack_automatically(uow, order_id, picks, now=now)
+    await repo.take_stock(uow.conn, picks, shipped=autopick)
+    if not autopick:
+        await store.enqueue_many(uow.conn, picks, queued_at=now)
+        await notify(uow.conn, store.waves_channel(uow.schema))
         return
-    await store.enqueue(uow.conn, order_id=order_id, picks=picks, queued_at=now)
-    await notify(uow.conn, store.waves_channel(uow.schema))
+    origin_of = {
+        w.warehouse_id: Origin(country=w.country, postal_code=w.postal_code) for w in warehouses
+    }
+    picklists: list[tuple[UUID, str, list[PickLine]]] = []
+    packings: list[tuple[str, str, list[dict[str, Any]]]] = []
+    for order_id, order_picks in reserved:
+        cause = causes.get(order_id)
+        by_warehouse: dict[str, list[Pick]] = defaultdict(list)
+        for p in order_picks:
+            by_warehouse[p.warehouse_id].append(p)
+        for warehouse_id, warehouse_picks in sorted(by_warehouse.items()):
+            lines = walking_order(
+                PickLine(order_id, p.sku, p.bin, p.quantity) for p in warehouse_picks
+            )
+            picklist_id = uuid4()
+            picklists.append((picklist_id, warehouse_id, lines))
+            uow.emit(_picklist_created(picklist_id, warehouse_id, lines), cause=cause)
+            units = sum(p.quantity for p in warehouse_picks)
+            parcel = Parcel(weight_grams=min(units * GRAMS_PER_UNIT, 30_000), **AUTOPACK_PARCEL)
+            packings.append((order_id, warehouse_id, [parcel.model_dump()]))
+            uow.emit(
+                OrderPacked(
+                    order_id=order_id,
+                    warehouse_id=warehouse_id,
+                    parcels=[parcel],
+                    lines=_shipment_lines(lines),
+                    ship_from=origin_of[warehouse_id],
+                ),
+                cause=cause,
+            )
+    await store.create_picked_and_packed(uow.conn, picklists, now=now)
+    await store.insert_packings(uow.conn, packings, packed_at=now)
+
+
+def _shipment_lines(lines: Sequence[PickLine]) -> list[ShipmentLine]:
+    totals: dict[str, int] = defaultdict(int)
+    for line in lines:
+        totals[line.sku] += line.quantity
+    return [ShipmentLine(sku=s, quantity=q) for s, q in sorted(totals.items())]
 
 
 async def release_unpicked(
@@ -183,34 +233,6 @@ async def release_unpicked(
     touched = await store.cancel_unpacked_lines(uow.conn, order_id, now=None)
     await store.close_finished_picklists(uow.conn, touched, now=None)
     return not packed
-
-
-async def _pick_and_pack_automatically(
-    uow: UnitOfWork, order_id: str, picks: Sequence[Pick], *, now: datetime
-) -> None:
-    """WAYBILL_AUTOPICK: the warehouse confirms every pick and packs at once (demo, bench)."""
-    by_warehouse: dict[str, list[Pick]] = defaultdict(list)
-    for p in picks:
-        by_warehouse[p.warehouse_id].append(p)
-    for warehouse_id, warehouse_picks in sorted(by_warehouse.items()):
-        lines = walking_order(PickLine(order_id, p.sku, p.bin, p.quantity) for p in warehouse_picks)
-        picklist_id = uuid4()
-        await store.create_lines(
-            uow.conn, picklist_id=picklist_id, warehouse_id=warehouse_id, lines=lines
-        )
-        uow.emit(_picklist_created(picklist_id, warehouse_id, lines))
-        await store.mark_autopicked(uow.conn, picklist_id, now=now)
-        units = sum(p.quantity for p in warehouse_picks)
-        parcel = Parcel(weight_grams=min(units * GRAMS_PER_UNIT, 30_000), **AUTOPACK_PARCEL)
-        await store.insert_packing(
-            uow.conn,
-            order_id=order_id,
-            warehouse_id=warehouse_id,
-            parcels=[parcel.model_dump()],
-            packed_at=now,
-        )
-        await _ship(uow, order_id, warehouse_id, lines, [parcel], now=now)
-    await repo.set_order_status(uow.conn, order_id, "packed")
 
 
 # -- waves ---------------------------------------------------------------------------------
@@ -486,10 +508,7 @@ async def _ship(
     """Packed goods leave the shelves, and ``orders.packed`` says what and from where."""
     await repo.ship_out(uow.conn, order_id, warehouse_id)
     country, postal_code = await repo.warehouse_origin(uow.conn, warehouse_id)
-    totals: dict[str, int] = defaultdict(int)
-    for line in lines:
-        totals[line.sku] += line.quantity
-    shipment_lines = [ShipmentLine(sku=s, quantity=q) for s, q in sorted(totals.items())]
+    shipment_lines = _shipment_lines(lines)
     # packing continues the order's trace, also when it happens on the warehouse page
     stored = await telemetry.order_trace(uow.conn, order_id)
     with telemetry.span(

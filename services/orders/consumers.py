@@ -6,7 +6,7 @@ never reads another service's tables.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -56,27 +56,43 @@ def _progress(
     at: Callable[[E], datetime] = lambda e: e.occurred_at,
     detail: Callable[[E], dict[str, Any]] = lambda e: {},
     ignore_invalid: bool = False,
-    then: Callable[[E, UnitOfWork], Awaitable[None]] | None = None,
+    then: Callable[[Sequence[E], UnitOfWork], Awaitable[None]] | None = None,
 ) -> None:
     """Follow ``model``'s topic: each event adds ``status`` to its order's timeline (and
-    ``then`` does what else the event means, in the same transaction)."""
+    ``then`` does what else the events mean, in the same transaction). A batch of the
+    topic's events is a constant number of statements."""
 
-    @consumer.handles(model, on_invalid=_ignore if ignore_invalid else None)
-    async def follow(event: E, uow: UnitOfWork) -> None:
-        order_id = event.partition_key()
-        if order_id is None:
-            return
-        await handlers.record_progress(
-            uow,
-            order_id=order_id,
-            status=status,
-            at=at(event),
-            topic=model.TOPIC,
-            event_id=event.event_id,
-            detail=detail(event),
-        )
+    @consumer.handles_batch(model, on_invalid=_ignore if ignore_invalid else None)
+    async def follow(events: Sequence[E], uow: UnitOfWork) -> None:
+        progress = [
+            handlers.Progress(order_id, status, at(e), model.TOPIC, e.event_id, detail(e))
+            for e in events
+            if (order_id := e.partition_key()) is not None
+        ]
+        await handlers.record_progress_batch(uow, progress)
         if then is not None:
-            await then(event, uow)
+            await then(events, uow)
+
+
+def _meets(
+    stage: str, at: Callable[[E], datetime]
+) -> Callable[[Sequence[E], UnitOfWork], Awaitable[None]]:
+    """``then`` for the events whose first of an order meets ``stage``."""
+
+    async def meet(events: Sequence[E], uow: UnitOfWork) -> None:
+        first: dict[str, E] = {}  # as if one by one: an order's first event of the batch
+        for e in events:
+            if (order_id := e.partition_key()) is not None:
+                first.setdefault(order_id, e)
+        met = [(order_id, stage, at(e)) for order_id, e in first.items()]
+        await sla.stages_met(uow, met, first)
+
+    return meet
+
+
+async def _breaches_seen(events: Sequence[SlaBreached], uow: UnitOfWork) -> None:
+    for event in events:
+        await sla.breach_seen(uow, event)
 
 
 def build_consumer(
@@ -89,11 +105,11 @@ def build_consumer(
 ) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-orders", schema=schema, **options)
 
-    @consumer.handles(
+    @consumer.handles_batch(
         OrderPlaced, on_invalid=handlers.reject_invalid_order, max_bytes=MAX_ORDER_BYTES
     )
-    async def on_order_placed(event: OrderPlaced, uow: UnitOfWork) -> None:
-        await handlers.place_order(event, uow, promises=promises, now=clock.now())
+    async def on_orders_placed(events: Sequence[OrderPlaced], uow: UnitOfWork) -> None:
+        await handlers.place_orders(events, uow, promises=promises, now=clock.now())
 
     @consumer.handles(
         OrderCancellationRequested,
@@ -103,18 +119,23 @@ def build_consumer(
     async def on_cancellation_requested(event: OrderCancellationRequested, uow: UnitOfWork) -> None:
         await handlers.cancel_order(event, uow)
 
-    @consumer.handles(PicklistCreated)
-    async def on_picklist_created(event: PicklistCreated, uow: UnitOfWork) -> None:
-        for order_id in dict.fromkeys(line.order_id for line in event.lines):
-            await handlers.record_progress(
-                uow,
-                order_id=order_id,
-                status="picking",
-                at=event.occurred_at,
-                topic=event.TOPIC,
-                event_id=event.event_id,
-                detail={"picklist_id": str(event.picklist_id), "warehouse_id": event.warehouse_id},
-            )
+    @consumer.handles_batch(PicklistCreated)
+    async def on_picklists_created(events: Sequence[PicklistCreated], uow: UnitOfWork) -> None:
+        await handlers.record_progress_batch(
+            uow,
+            [
+                handlers.Progress(
+                    order_id,
+                    "picking",
+                    event.occurred_at,
+                    event.TOPIC,
+                    event.event_id,
+                    {"picklist_id": str(event.picklist_id), "warehouse_id": event.warehouse_id},
+                )
+                for event in events
+                for order_id in dict.fromkeys(line.order_id for line in event.lines)
+            ],
+        )
 
     _progress(
         consumer,
@@ -147,9 +168,7 @@ def build_consumer(
         ShipmentShipped,
         "shipped",
         at=lambda e: e.shipped_at,
-        then=lambda e, uow: sla.stage_met(
-            uow, order_id=e.order_id, stage="dispatch", at=e.shipped_at
-        ),
+        then=_meets("dispatch", lambda e: e.shipped_at),
     )
     _progress(
         consumer,
@@ -157,9 +176,7 @@ def build_consumer(
         "delivered",
         at=lambda e: e.delivered_at,
         detail=lambda e: {"source": e.source, "shipment_id": str(e.shipment_id)},
-        then=lambda e, uow: sla.stage_met(
-            uow, order_id=e.order_id, stage="delivery", at=e.delivered_at
-        ),
+        then=_meets("delivery", lambda e: e.delivered_at),
     )
     _progress(
         consumer,
@@ -172,7 +189,7 @@ def build_consumer(
         SlaBreached,
         "sla_breached",
         detail=lambda e: {"stage": e.stage, "deadline": e.deadline.isoformat()},
-        then=lambda e, uow: sla.breach_seen(uow, e),
+        then=_breaches_seen,
     )
 
     @consumer.handles(ReturnRequested, on_invalid=_ignore)

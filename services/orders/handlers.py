@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -31,6 +33,7 @@ from shared.events import (
 )
 from shared.events.base import ORDER_ID_PATTERN
 from shared.messaging import InvalidEvent, PermanentFailure
+from shared.messaging.consumer import rounds
 
 _ORDER_ID = re.compile(ORDER_ID_PATTERN)
 
@@ -43,6 +46,18 @@ def content_hash(order: OrderPlaced) -> str:
     return hashlib.sha256(repo.canonical_json(content).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One event on an order's timeline: it moves the order's status forward."""
+
+    order_id: str
+    status: str
+    at: datetime
+    topic: str
+    event_id: UUID
+    detail: dict[str, Any] | None = None
+
+
 async def place_order(
     order: OrderPlaced,
     uow: UnitOfWork,
@@ -51,72 +66,154 @@ async def place_order(
     now: datetime,
     replaces: tuple[str, str] | None = None,
 ) -> IntakeOutcome:
-    """Accept a new order and promise its dates; a resubmission is a no-op or a conflict.
+    """Accept one order (see :func:`place_orders`). ``replaces``: (order_id, return_id)
+    when this is an exchange's replacement order."""
+    outcomes = await place_orders(
+        [order],
+        uow,
+        promises=promises,
+        now=now,
+        replaces={order.order_id: replaces} if replaces else None,
+    )
+    return outcomes[order.order_id]
 
-    The promise is the house one unless the shop has its own (``PUT /shops/{id}/promise``).
-    ``replaces``: (order_id, return_id) when this is an exchange's replacement order.
+
+async def place_orders(
+    orders: Sequence[OrderPlaced],
+    uow: UnitOfWork,
+    *,
+    promises: ShopPromises,
+    now: datetime,
+    replaces: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, IntakeOutcome]:
+    """Accept new orders and promise their dates; a resubmission is a no-op or a conflict.
+
+    A batch is a constant number of statements. The promise is the house one unless the
+    shop has its own (``PUT /shops/{id}/promise``). The same order_id twice in a batch is
+    taken in order: the second is a resubmission of the first.
     """
-    digest = content_hash(order)
-    policy = await promises.policy_for(uow.conn, order.shop_id)
-    promise = promise_for(order.placed_at, order.service_level, policy)
-    if not await repo.insert_order(
-        uow.conn, order, content_hash=digest, promise=promise, replaces=replaces
-    ):
-        if await repo.content_hash_of(uow.conn, order.order_id) == digest:
-            return "duplicate"
+    outcomes: dict[str, IntakeOutcome] = {}
+    for round_ in rounds(orders, key=lambda o: o.order_id):
+        outcomes.update(
+            await _place_round(round_, uow, promises=promises, now=now, replaces=replaces or {})
+        )
+    return outcomes
+
+
+async def _place_round(
+    orders: list[OrderPlaced],
+    uow: UnitOfWork,
+    *,
+    promises: ShopPromises,
+    now: datetime,
+    replaces: dict[str, tuple[str, str]],
+) -> dict[str, IntakeOutcome]:
+    policies = await promises.policies_for(uow.conn, [o.shop_id for o in orders])
+    digests = {o.order_id: content_hash(o) for o in orders}
+    promised = {
+        o.order_id: promise_for(o.placed_at, o.service_level, policies[o.shop_id]) for o in orders
+    }
+    inserted = await repo.insert_orders(
+        uow.conn,
+        [
+            {
+                "order_id": o.order_id,
+                "shop_id": o.shop_id,
+                "service_level": o.service_level,
+                "currency": o.currency,
+                "placed_at": o.placed_at,
+                "content_hash": digests[o.order_id],
+                "lines": [line.model_dump(mode="json") for line in o.lines],
+                "ship_to": o.ship_to.model_dump(mode="json"),
+                "customer": o.customer.model_dump(mode="json"),
+                "dispatch_by": promised[o.order_id].dispatch_by,
+                "deliver_by": promised[o.order_id].deliver_by,
+                "replaces_order_id": replaces[o.order_id][0] if o.order_id in replaces else None,
+                "replaces_return_id": replaces[o.order_id][1] if o.order_id in replaces else None,
+            }
+            for o in orders
+        ],
+    )
+    outcomes: dict[str, IntakeOutcome] = {}
+    existing = await repo.content_hashes(
+        uow.conn, [o.order_id for o in orders if o.order_id not in inserted]
+    )
+    rejections = []
+    for o in orders:
+        if o.order_id in inserted:
+            continue
+        if existing.get(o.order_id) == digests[o.order_id]:
+            outcomes[o.order_id] = "duplicate"
+            continue
+        outcomes[o.order_id] = "conflict"
         reasons = [
             FieldReason(
                 field="order_id",
                 message="an order with this order_id and different content exists",
             )
         ]
-        await repo.insert_rejection(
-            uow.conn,
-            event_id=order.event_id,
-            order_id=order.order_id,
-            reason="conflict",
-            reasons=[r.model_dump() for r in reasons],
+        rejections.append(
+            {
+                "event_id": o.event_id,
+                "order_id": o.order_id,
+                "reason": "conflict",
+                "reasons": [r.model_dump() for r in reasons],
+            }
         )
         uow.emit(
             OrderRejected(
-                order_id=order.order_id, shop_id=order.shop_id, reason="conflict", reasons=reasons
-            )
+                order_id=o.order_id, shop_id=o.shop_id, reason="conflict", reasons=reasons
+            ),
+            cause=o,
         )
-        return "conflict"
-    await repo.append_timeline(
-        uow.conn,
-        order_id=order.order_id,
-        status="received",
-        at=order.placed_at,
-        topic=order.TOPIC,
-        event_id=order.event_id,
-    )
-    accepted = OrderAccepted(
-        order_id=order.order_id,
-        shop_id=order.shop_id,
-        service_level=order.service_level,
-        placed_at=order.placed_at,
-        currency=order.currency,
-        lines=order.lines,
-        ship_to=order.ship_to,
-        promised=promise,
-        replaces_order_id=replaces[0] if replaces else None,
-    )
-    await repo.append_timeline(
-        uow.conn,
-        order_id=order.order_id,
-        status="accepted",
-        at=accepted.occurred_at,
-        topic=accepted.TOPIC,
-        event_id=accepted.event_id,
-        detail={"promised": promise.model_dump(mode="json")}
-        | ({"replaces_order_id": replaces[0], "return_id": replaces[1]} if replaces else {}),
-    )
-    uow.emit(accepted)
-    await sla.open_stages(
-        uow, order_id=order.order_id, placed_at=order.placed_at, promise=promise, accepted_at=now
-    )
-    return "accepted"
+    await repo.insert_rejections(uow.conn, rejections)
+    timeline: list[dict[str, Any]] = []
+    windows: list[dict[str, Any]] = []
+    accepted_orders = [o for o in orders if o.order_id in inserted]
+    for o in accepted_orders:
+        promise = promised[o.order_id]
+        replaced = replaces.get(o.order_id)
+        accepted = OrderAccepted(
+            order_id=o.order_id,
+            shop_id=o.shop_id,
+            service_level=o.service_level,
+            placed_at=o.placed_at,
+            currency=o.currency,
+            lines=o.lines,
+            ship_to=o.ship_to,
+            promised=promise,
+            replaces_order_id=replaced[0] if replaced else None,
+        )
+        timeline.append(
+            {
+                "order_id": o.order_id,
+                "status": "received",
+                "at": o.placed_at,
+                "topic": o.TOPIC,
+                "event_id": o.event_id,
+            }
+        )
+        timeline.append(
+            {
+                "order_id": o.order_id,
+                "status": "accepted",
+                "at": accepted.occurred_at,
+                "topic": accepted.TOPIC,
+                "event_id": accepted.event_id,
+                "detail": {"promised": promise.model_dump(mode="json")}
+                | (
+                    {"replaces_order_id": replaced[0], "return_id": replaced[1]} if replaced else {}
+                ),
+            }
+        )
+        uow.emit(accepted, cause=o)
+        windows += sla.windows_of(o, promise, accepted_at=now)
+        outcomes[o.order_id] = "accepted"
+    await repo.append_timelines(uow.conn, timeline)
+    opened = await repo.open_slas(uow.conn, windows)
+    causes = {o.order_id: o for o in accepted_orders}
+    sla.opened(uow, [w for w in windows if (w["order_id"], w["stage"]) in opened], causes)
+    return outcomes
 
 
 async def exchange(
@@ -270,20 +367,38 @@ async def record_progress(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Add an event to an order's timeline and move its status forward."""
-    current = await repo.lock_status(uow.conn, order_id)
-    await repo.append_timeline(
+    await record_progress_batch(uow, [Progress(order_id, status, at, topic, event_id, detail)])
+
+
+async def record_progress_batch(uow: UnitOfWork, progress: Sequence[Progress]) -> None:
+    """Add events to their orders' timelines and move each order's status forward, in three
+    statements for the batch. Events of one order apply in the order given."""
+    if not progress:
+        return
+    statuses = await repo.lock_statuses(uow.conn, [p.order_id for p in progress])
+    await repo.append_timelines(
         uow.conn,
-        order_id=order_id,
-        status=status,
-        at=at,
-        topic=topic,
-        event_id=event_id,
-        detail=detail,
+        [
+            {
+                "order_id": p.order_id,
+                "status": p.status,
+                "at": p.at,
+                "topic": p.topic,
+                "event_id": p.event_id,
+                "detail": p.detail,
+            }
+            for p in progress
+        ],
     )
-    if current is not None:
-        new_status = advance(current, status)
+    changed: dict[str, str] = {}
+    for p in progress:
+        current = changed.get(p.order_id, statuses.get(p.order_id))
+        if current is None:
+            continue  # not an order of ours (yet): the timeline keeps the event
+        new_status = advance(current, p.status)
         if new_status != current:
-            await repo.set_status(uow.conn, order_id, new_status)
+            changed[p.order_id] = new_status
+    await repo.set_statuses(uow.conn, changed)
 
 
 async def cancel_order(request: OrderCancellationRequested, uow: UnitOfWork) -> None:

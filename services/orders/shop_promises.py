@@ -31,12 +31,21 @@ class ShopPromises:
         self._cached: dict[str, tuple[float, PromisePolicy | None]] = {}
 
     async def policy_for(self, conn: Connection, shop_id: str) -> PromisePolicy:
+        return (await self.policies_for(conn, [shop_id]))[shop_id]
+
+    async def policies_for(self, conn: Connection, shop_ids: list[str]) -> dict[str, PromisePolicy]:
+        """Each shop's policy; the shops not cached (or cached too long) in one query."""
         now = self._monotonic()
-        hit = self._cached.get(shop_id)
-        if hit is None or now - hit[0] > self._cache_seconds:
-            hit = (now, await repo.shop_promise_policy(conn, shop_id))
-            self._cached[shop_id] = hit
-        return hit[1] or self.house
+        stale = {
+            shop_id
+            for shop_id in shop_ids
+            if (hit := self._cached.get(shop_id)) is None or now - hit[0] > self._cache_seconds
+        }
+        if stale:
+            own = await repo.shop_promise_policies(conn, sorted(stale))
+            for shop_id in stale:
+                self._cached[shop_id] = (now, own.get(shop_id))
+        return {shop_id: self._cached[shop_id][1] or self.house for shop_id in shop_ids}
 
     def forget(self, shop_id: str) -> None:
         """A shop's settings changed here: the next order reads them again."""

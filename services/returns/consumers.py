@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,9 +24,9 @@ def build_consumer(
 ) -> EventConsumer:
     consumer = EventConsumer(group_id="waybill-returns", schema=schema, **options)
 
-    @consumer.handles(OrderAccepted)
-    async def on_order_accepted(event: OrderAccepted, uow: UnitOfWork) -> None:
-        await handlers.remember_order(event, uow, window_days=window_days, now=clock.now())
+    @consumer.handles_batch(OrderAccepted)
+    async def on_orders_accepted(events: Sequence[OrderAccepted], uow: UnitOfWork) -> None:
+        await handlers.remember_orders(events, uow, window_days=window_days, now=clock.now())
 
     @consumer.handles(ShipmentDelivered)
     async def on_shipment_delivered(event: ShipmentDelivered, uow: UnitOfWork) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -41,18 +42,25 @@ def request_hash(event: ReturnRequested) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-async def remember_order(
-    event: OrderAccepted, uow: UnitOfWork, *, window_days: int, now: datetime
+async def remember_orders(
+    events: Sequence[OrderAccepted], uow: UnitOfWork, *, window_days: int, now: datetime
 ) -> None:
-    await telemetry.remember_order_trace(uow.conn, event.order_id)
-    await repo.remember_order(
+    """Keep what returns needs of accepted orders; decide the requests that waited."""
+    await telemetry.remember_order_traces(uow.conn, {e.order_id: uow.trace_of(e) for e in events})
+    await repo.remember_orders(
         uow.conn,
-        order_id=event.order_id,
-        currency=event.currency,
-        lines=[line.model_dump(mode="json") for line in event.lines],
-        ship_to=event.ship_to.model_dump(mode="json"),
+        [
+            {
+                "order_id": e.order_id,
+                "currency": e.currency,
+                "lines": [line.model_dump(mode="json") for line in e.lines],
+                "ship_to": e.ship_to.model_dump(mode="json"),
+            }
+            for e in events
+        ],
     )
-    await decide_pending(uow, event.order_id, window_days=window_days, now=now)
+    for ret in await repo.pending_of_orders(uow.conn, [e.order_id for e in events]):
+        await decide(uow, ret, window_days=window_days, now=now, final=False)
 
 
 async def record_delivery(

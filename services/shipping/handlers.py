@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
 import asyncpg
+from opentelemetry.context import Context
 
 from services.shipping.domain import tracking
 from services.shipping.domain.rating import choose_rate
 from services.shipping.domain.sla import delivery_breached_at
 from services.shipping.storage import repository as repo
 from shared import metrics, telemetry
+from shared.batching import Coalescer
 from shared.carriers import CarrierError, LabelRequest, Place, RateRequest
-from shared.carriers.base import Label, Quotes, TrackingEvent
+from shared.carriers.base import Quotes, TrackingEvent
 from shared.carriers.purchase import (
     Attempt,
     Choice,
@@ -52,15 +54,21 @@ def shipment_id_for(order_id: str, warehouse_id: str) -> UUID:
     return uuid5(_SHIPMENT_NAMESPACE, f"{order_id}/{warehouse_id}")
 
 
-async def remember_order(event: OrderAccepted, uow: UnitOfWork) -> None:
-    await telemetry.remember_order_trace(uow.conn, event.order_id)
-    released = await repo.remember_order(
+async def remember_orders(events: Sequence[OrderAccepted], uow: UnitOfWork) -> None:
+    """Keep what shipping needs of accepted orders; release shipments packed before."""
+    await telemetry.remember_order_traces(uow.conn, {e.order_id: uow.trace_of(e) for e in events})
+    released = await repo.remember_orders(
         uow.conn,
-        order_id=event.order_id,
-        service_level=event.service_level,
-        placed_at=event.placed_at,
-        deliver_by=event.promised.deliver_by,
-        ship_to=event.ship_to.model_dump(mode="json"),
+        [
+            {
+                "order_id": e.order_id,
+                "service_level": e.service_level,
+                "placed_at": e.placed_at,
+                "deliver_by": e.promised.deliver_by,
+                "ship_to": e.ship_to.model_dump(mode="json"),
+            }
+            for e in events
+        ],
     )
     if released:
         await notify(uow.conn, repo.LABELS_CHANNEL)
@@ -72,27 +80,32 @@ async def cancel_order(event: OrderCancelled, uow: UnitOfWork) -> None:
         await notify(uow.conn, repo.VOIDS_CHANNEL)
 
 
-async def request_label(event: OrderPacked, uow: UnitOfWork) -> None:
-    """Record the label purchase, with its idempotency key, before the first attempt."""
-    shipment_id = shipment_id_for(event.order_id, event.warehouse_id)
-    known = await repo.order_known(uow.conn, event.order_id)
-    if await repo.order_cancelled(uow.conn, event.order_id):
-        state = "cancelled"
-    else:
-        state = "label_pending" if known else "awaiting_order"
-    await repo.insert_shipment(
-        uow.conn,
-        shipment_id=shipment_id,
-        order_id=event.order_id,
-        warehouse_id=event.warehouse_id,
-        state=state,
-        idempotency_key=f"waybill-{shipment_id}",
-        ship_from=event.ship_from.model_dump() if event.ship_from else None,
-        parcels=[p.model_dump() for p in event.parcels],
-        lines=[line.model_dump() for line in event.lines],
-        trace_context=telemetry.current_context_headers(),
-    )
-    if state == "label_pending":
+async def request_labels(events: Sequence[OrderPacked], uow: UnitOfWork) -> None:
+    """Record each label purchase, with its idempotency key, before the first attempt."""
+    known, cancelled = await repo.orders_known_and_cancelled(uow.conn, [e.order_id for e in events])
+    shipments = []
+    for event in events:
+        shipment_id = shipment_id_for(event.order_id, event.warehouse_id)
+        if event.order_id in cancelled:
+            state = "cancelled"
+        else:
+            state = "label_pending" if event.order_id in known else "awaiting_order"
+        shipments.append(
+            {
+                "shipment_id": shipment_id,
+                "order_id": event.order_id,
+                "warehouse_id": event.warehouse_id,
+                "state": state,
+                "idempotency_key": f"waybill-{shipment_id}",
+                "ship_from": event.ship_from.model_dump() if event.ship_from else None,
+                "parcels": [p.model_dump() for p in event.parcels],
+                "lines": [line.model_dump() for line in event.lines],
+                # the label's purchase continues the order's trace from here
+                "trace_context": uow.trace_of(event),
+            }
+        )
+    await repo.insert_shipments(uow.conn, shipments)
+    if any(s["state"] == "label_pending" for s in shipments):
         await notify(uow.conn, repo.LABELS_CHANNEL)
 
 
@@ -154,13 +167,37 @@ def label_request(shipment: dict[str, Any], choice: Choice) -> LabelRequest:
     )
 
 
+class LabelBook:
+    """Where the label worker writes what its purchases decided, many purchases per
+    statement: the choices (each durable before its carrier call) and the outcomes."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._schema = schema
+        self.choices: Coalescer[dict[str, Any], None] = Coalescer(self._save_choices)
+        self.outcomes: Coalescer[tuple[dict[str, Any], Attempt, Context], None] = Coalescer(
+            self._save_outcomes
+        )
+
+    async def _save_choices(self, choices: Sequence[dict[str, Any]]) -> list[None]:
+        async with self._pool.acquire() as conn:
+            await repo.choose_services(conn, list(choices))
+        return [None] * len(choices)
+
+    async def _save_outcomes(
+        self, outcomes: Sequence[tuple[dict[str, Any], Attempt, Context]]
+    ) -> list[None]:
+        async with unit_of_work(self._pool, schema=self._schema) as uow:
+            await record_outcomes(uow, outcomes)
+        return [None] * len(outcomes)
+
+    async def close(self) -> None:
+        await self.choices.close()
+        await self.outcomes.close()
+
+
 async def buy_label_once(
-    shipment: dict[str, Any],
-    *,
-    purchaser: LabelPurchaser,
-    pool: asyncpg.Pool,
-    schema: str,
-    now: datetime,
+    shipment: dict[str, Any], *, purchaser: LabelPurchaser, book: LabelBook, now: datetime
 ) -> Attempt:
     """One try at the label of a leased shipment; its outcome is stored before returning."""
 
@@ -168,16 +205,16 @@ async def buy_label_once(
         return await purchaser.gateway.rates(rate_request(shipment, carriers))
 
     async def save_choice(choice: Choice) -> None:
-        async with pool.acquire() as conn:
-            await repo.choose_service(
-                conn,
-                shipment["shipment_id"],
-                carrier=choice.carrier,
-                service=choice.service,
-                estimated_delivery=choice.details["estimated_delivery"],
-                at_risk=choice.details["at_risk"],
-                idempotency_key=choice.idempotency_key,
-            )
+        await book.choices.submit(
+            {
+                "shipment_id": shipment["shipment_id"],
+                "carrier": choice.carrier,
+                "service": choice.service,
+                "estimated_delivery": choice.details["estimated_delivery"],
+                "at_risk": choice.details["at_risk"],
+                "idempotency_key": choice.idempotency_key,
+            }
+        )
         shipment["at_risk"] = choice.details["at_risk"]
 
     # the order's trace goes on: the packing event's context was stored with the shipment
@@ -202,48 +239,63 @@ async def buy_label_once(
         if state.choice is not None:
             current.set_attribute("waybill.carrier", state.choice.carrier)
         current.set_attribute("waybill.label_bought", attempt.label is not None)
-        async with unit_of_work(pool, schema=schema) as uow:
-            if attempt.label is not None:
-                await record_label(uow, shipment, attempt.label, state)
-            elif attempt.exhausted:
-                await give_up_label(uow, shipment, state, attempt.error or "")
-            else:
-                await repo.PURCHASES.save_attempt(uow.conn, shipment["shipment_id"], attempt)
+        context = telemetry.context_with(current)
+    await book.outcomes.submit((shipment, attempt, context))
     return attempt
 
 
-async def record_label(
-    uow: UnitOfWork, shipment: dict[str, Any], label: Label, state: PurchaseState
+async def record_outcomes(
+    uow: UnitOfWork, outcomes: Sequence[tuple[dict[str, Any], Attempt, Context]]
 ) -> None:
-    outcome = await repo.record_label(
+    """What tries at labels came to, in a few statements: labels bought (announced in the
+    trace of each one's purchase), retries scheduled, budgets spent."""
+    bought = [(s, a, c) for s, a, c in outcomes if a.label is not None]
+    states = await repo.record_labels(
         uow.conn,
-        shipment["shipment_id"],
-        tracking_number=label.tracking_number,
-        label_url=label.label_url,
-        estimated_delivery=label.estimated_delivery,
-        carrier_shipment_id=label.carrier_shipment_id,
-        attempts=state.attempts,
-        pinned=state.pinned,
+        [
+            {
+                "shipment_id": s["shipment_id"],
+                "tracking_number": a.label.tracking_number,
+                "label_url": a.label.label_url,
+                "estimated_delivery": a.label.estimated_delivery,
+                "carrier_shipment_id": a.label.carrier_shipment_id,
+                "attempts": a.state.attempts,
+                "pinned": a.state.pinned,
+            }
+            for s, a, _ in bought
+            if a.label is not None
+        ],
     )
-    if outcome == "void_pending":  # cancelled while we were buying: void it, announce nothing
+    voids = False
+    for shipment, attempt, context in bought:
+        label = attempt.label
+        assert label is not None
+        outcome = states.get(shipment["shipment_id"])
+        if outcome == "void_pending":  # cancelled while we were buying: void it, say nothing
+            voids = True
+        elif outcome == "label_created":
+            uow.emit(
+                ShipmentLabelCreated(
+                    order_id=shipment["order_id"],
+                    shipment_id=shipment["shipment_id"],
+                    warehouse_id=shipment["warehouse_id"],
+                    carrier=label.carrier,
+                    service=label.service,
+                    tracking_number=label.tracking_number,
+                    label_url=label.label_url,
+                    estimated_delivery=label.estimated_delivery,
+                    at_risk=shipment["at_risk"],
+                    lines=[ShipmentLine(**line) for line in shipment["lines"]],
+                ),
+                context=context,
+            )
+    if voids:
         await notify(uow.conn, repo.VOIDS_CHANNEL)
-        return
-    if outcome is None:
-        return
-    uow.emit(
-        ShipmentLabelCreated(
-            order_id=shipment["order_id"],
-            shipment_id=shipment["shipment_id"],
-            warehouse_id=shipment["warehouse_id"],
-            carrier=label.carrier,
-            service=label.service,
-            tracking_number=label.tracking_number,
-            label_url=label.label_url,
-            estimated_delivery=label.estimated_delivery,
-            at_risk=shipment["at_risk"],
-            lines=[ShipmentLine(**line) for line in shipment["lines"]],
-        )
-    )
+    retries = [(s["shipment_id"], a) for s, a, _ in outcomes if a.label is None and not a.exhausted]
+    await repo.PURCHASES.save_attempts(uow.conn, retries)
+    for shipment, attempt, _ in outcomes:
+        if attempt.label is None and attempt.exhausted:
+            await give_up_label(uow, shipment, attempt.state, attempt.error or "")
 
 
 async def give_up_label(

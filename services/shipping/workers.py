@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.shipping import handlers
@@ -17,34 +17,72 @@ from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("waybill.shipping.labels")
 
-PURCHASES_AT_ONCE = 16
+PURCHASES_AT_ONCE = 64
+#: under load, leases are taken this many at a time (one query for several purchases)
+LEASE_AT_LEAST = 8
+VOIDS_AT_ONCE = 16
 POLLS_AT_ONCE = 50
+#: with nothing due, the label worker looks again after this long at most (a packed order
+#: wakes it at once by NOTIFY; a retry that falls due sooner, when it falls due)
+IDLE_SECONDS = 5.0
 
 
 async def buy_labels(runtime: ServiceRuntime) -> None:
-    """Buy the labels of packed shipments: woken by NOTIFY, polling as a fallback."""
+    """Buy the labels of packed shipments, up to ``PURCHASES_AT_ONCE`` at a time: a purchase
+    that ends makes room for the next at once. Woken by NOTIFY and by purchases ending;
+    otherwise it sleeps until the next retry is due."""
     purchaser: LabelPurchaser = runtime.extras["purchaser"]
     lease = handlers.lease_for(runtime.extras["carrier_timeout_seconds"])
-    async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
-        while True:
-            async with runtime.pool.acquire() as conn:
-                due = await repo.lease_due_shipments(conn, limit=PURCHASES_AT_ONCE, lease=lease)
-            if not due:
-                await listener.wait(seconds=0.5)
-                continue
-            await asyncio.gather(*(_purchase(runtime, purchaser, s) for s in due))
+    book = handlers.LabelBook(runtime.pool, runtime.schema)
+    running: set[asyncio.Task[None]] = set()
+    try:
+        async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
+            while True:
+                room = PURCHASES_AT_ONCE - len(running)
+                due: list[dict[str, Any]] = []
+                wait = IDLE_SECONDS  # a purchase that ends wakes us
+                if room >= min(LEASE_AT_LEAST, PURCHASES_AT_ONCE) or not running:
+                    async with runtime.pool.acquire() as conn:
+                        due = await repo.lease_due_shipments(conn, limit=room, lease=lease)
+                        wait = IDLE_SECONDS
+                        if not due:
+                            wait = await _until_due(conn, cap=IDLE_SECONDS)
+                for shipment in due:
+                    task = asyncio.create_task(_purchase(runtime, purchaser, book, shipment))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: listener.wake())
+                if due and len(due) == room:
+                    continue  # more may be due: look again as soon as there is room
+                await listener.wait(seconds=wait)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await book.close()
+
+
+async def _until_due(conn: Any, *, cap: float) -> float:
+    due = await repo.next_label_due(conn)
+    if due is None:
+        return cap
+    return min(cap, max(0.01, (due - datetime.now(UTC)).total_seconds()))
 
 
 async def _purchase(
-    runtime: ServiceRuntime, purchaser: LabelPurchaser, shipment: dict[str, Any]
+    runtime: ServiceRuntime,
+    purchaser: LabelPurchaser,
+    book: handlers.LabelBook,
+    shipment: dict[str, Any],
 ) -> None:
-    attempt = await handlers.buy_label_once(
-        shipment,
-        purchaser=purchaser,
-        pool=runtime.pool,
-        schema=runtime.schema,
-        now=runtime.clock.now(),
-    )
+    try:
+        attempt = await handlers.buy_label_once(
+            shipment, purchaser=purchaser, book=book, now=runtime.clock.now()
+        )
+    except Exception:
+        # the lease runs out and another try takes the shipment (with the same key)
+        log.exception("label purchase for %s failed", shipment["order_id"])
+        return
     if attempt.label is None and not attempt.exhausted:
         log.warning(
             "label for %s not bought (%d carrier calls so far): %s; next try in %.1f s",
@@ -62,7 +100,7 @@ async def void_labels(runtime: ServiceRuntime) -> None:
     async with ChannelListener(runtime.dsn, repo.VOIDS_CHANNEL) as listener:
         while True:
             async with runtime.pool.acquire() as conn:
-                due = await repo.lease_due_voids(conn, limit=PURCHASES_AT_ONCE, lease=lease)
+                due = await repo.lease_due_voids(conn, limit=VOIDS_AT_ONCE, lease=lease)
             if not due:
                 await listener.wait(seconds=1.0)
                 continue

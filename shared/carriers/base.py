@@ -65,6 +65,8 @@ class Quotes:
     rates: list[Rate]
     #: carrier -> why it gave no rate (down, rate-limited, no service for this route)
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: an earlier answer for the same route, reused without a carrier call
+    reused: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ EasyPost's current reference (and a test-mode API key) before using a production
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import httpx
+import aiohttp
 
 from shared.carriers.base import (
     CarrierError,
@@ -27,7 +28,7 @@ from shared.carriers.base import (
     RateRequest,
     TrackingEvent,
 )
-from shared.carriers.http import call_carrier
+from shared.carriers.http import CarrierAnswer, call_carrier, carrier_session
 from shared.signing import WebhookSignatureError
 
 SIGNATURE_HEADER = "X-Hmac-Signature"
@@ -128,9 +129,11 @@ class EasyPostCarrierGateway:
         timeout_seconds: float = 10.0,
         from_address: dict[str, Any] | None = None,
     ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout_seconds, auth=httpx.BasicAuth(api_key, "")
-        )
+        self._base_url = base_url
+        self._timeout = timeout_seconds
+        credentials = base64.b64encode(f"{api_key}:".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}"}
+        self._session: aiohttp.ClientSession | None = None
         # EasyPost normalises the webhook secret with NFKD before using it as the HMAC key.
         self._secret_key = unicodedata.normalize("NFKD", webhook_secret).encode("utf-8")
         # ASSUMPTION: LabelRequest.ship_from is only country + postal code, which is enough
@@ -141,12 +144,18 @@ class EasyPostCarrierGateway:
         self._shipments_by_key: dict[str, str] = {}
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # --- HTTP --------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        return await call_carrier(self._client, method, path, error_text=_error_text, **kwargs)
+        if self._session is None:  # made in the event loop that uses it
+            self._session = carrier_session(
+                self._base_url, timeout_seconds=self._timeout, headers=self._headers
+            )
+        return await call_carrier(self._session, method, path, error_text=_error_text, **kwargs)
 
     def _shipment_body(
         self, ship_from: Place, ship_to: Place | dict[str, Any], parcels: list[dict[str, int]]
@@ -304,13 +313,13 @@ class EasyPostCarrierGateway:
 # --- mapping helpers ---------------------------------------------------------------------
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(answer: CarrierAnswer) -> str:
     # EasyPost errors: {"error": {"code": "...", "message": "...", "errors": [...]}}
     try:
-        error = response.json().get("error") or {}
+        error = answer.json().get("error") or {}
         return f"{error.get('code', '')} {error.get('message', '')}".strip()[:300]
     except (ValueError, AttributeError):
-        return response.text[:300]
+        return answer.text[:300]
 
 
 def _rate(r: dict[str, Any]) -> Rate:

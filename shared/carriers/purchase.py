@@ -173,13 +173,15 @@ class LabelPurchaser:
                 asked = self._carriers_to_ask()
                 if asked is not None and not asked:
                     return self._wait_for_breakers(state, calls)
-                calls += 1
                 try:
                     quotes = await carrier_call(quote(asked), maybe_processed=False)
                 except CarrierError as exc:
+                    calls += 1
                     _count("any", "rates", exc)
                     raise
-                _count("any", "rates", None)
+                if not quotes.reused:  # a reused quote cost the carrier nothing
+                    calls += 1
+                    _count("any", "rates", None)
                 self._learn(quotes)
                 picked = choose(quotes)
                 if picked is None:

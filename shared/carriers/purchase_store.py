@@ -8,8 +8,8 @@ used (``attempts``), when to try next (``next_attempt_at``) and the last error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from shared.carriers.purchase import Attempt, PurchaseState
 from shared.db.uow import Connection
@@ -24,26 +24,37 @@ class PurchaseRows:
     status_column: str
     carrier_column: str
     service_column: str
+    #: the SQL type of ``id_column``
+    id_type: str = "text"
 
     async def save_attempt(self, conn: Connection, row_id: object, attempt: Attempt) -> None:
         """A try without a label: the calls used, whether the choice still stands, and when
         to try again."""
-        state = attempt.state
+        await self.save_attempts(conn, [(row_id, attempt)])
+
+    async def save_attempts(
+        self, conn: Connection, attempts: Sequence[tuple[object, Attempt]]
+    ) -> None:
+        """:meth:`save_attempt` for several purchases in one statement."""
+        if not attempts:
+            return
         await conn.execute(
             f"""
-            UPDATE {self.table}
-               SET attempts = $2, carrier_pinned = $3,
-                   next_attempt_at = now() + $4::interval, last_error = $5,
-                   {self.carrier_column} = CASE WHEN $6 THEN {self.carrier_column} END,
-                   {self.service_column} = CASE WHEN $6 THEN {self.service_column} END
-             WHERE {self.id_column} = $1 AND {self.status_column} = 'label_pending'
+            UPDATE {self.table} t
+               SET attempts = n.a, carrier_pinned = n.p,
+                   next_attempt_at = now() + make_interval(secs => n.r), last_error = n.e,
+                   {self.carrier_column} = CASE WHEN n.c THEN t.{self.carrier_column} END,
+                   {self.service_column} = CASE WHEN n.c THEN t.{self.service_column} END
+              FROM unnest($1::{self.id_type}[], $2::int[], $3::boolean[], $4::float8[],
+                          $5::text[], $6::boolean[]) AS n(i, a, p, r, e, c)
+             WHERE t.{self.id_column} = n.i AND t.{self.status_column} = 'label_pending'
             """,
-            row_id,
-            state.attempts,
-            state.pinned,
-            timedelta(seconds=attempt.retry_in or 0),
-            (attempt.error or "")[:1000],
-            state.choice is not None,
+            [row_id for row_id, _ in attempts],
+            [a.state.attempts for _, a in attempts],
+            [a.state.pinned for _, a in attempts],
+            [a.retry_in or 0.0 for _, a in attempts],
+            [(a.error or "")[:1000] for _, a in attempts],
+            [a.state.choice is not None for _, a in attempts],
         )
 
     async def give_up(

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import httpx
+import aiohttp
 
 from shared.carriers.base import (
     Label,
@@ -17,20 +17,26 @@ from shared.carriers.base import (
     RateRequest,
     TrackingEvent,
 )
-from shared.carriers.http import call_carrier
+from shared.carriers.http import call_carrier, carrier_session
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
 
 
 class SandboxCarrierGateway:
     def __init__(self, base_url: str, *, webhook_secret: str, timeout_seconds: float = 5.0) -> None:
-        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_seconds)
+        self._base_url = base_url
+        self._timeout = timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
         self._secret = webhook_secret
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        return await call_carrier(self._client, method, path, **kwargs)
+        if self._session is None:  # made in the event loop that uses it
+            self._session = carrier_session(self._base_url, timeout_seconds=self._timeout)
+        return await call_carrier(self._session, method, path, **kwargs)
 
     async def rates(self, request: RateRequest) -> Quotes:
         query: dict[str, object] = {

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.carriers.base import CarrierGateway
 from shared.carriers.easypost import EasyPostCarrierGateway
+from shared.carriers.pacing import PacedGateway
 from shared.carriers.purchase import LabelPurchaser
 from shared.carriers.resilience import BreakerState, CarrierBreakers, RetryPolicy
 from shared.carriers.sandbox import SandboxCarrierGateway
@@ -38,6 +39,13 @@ class CarrierClientSettings(ServiceSettings):
     #: failures in a row that open a carrier's circuit, and how long it then stays open
     carrier_breaker_failures: int = Field(default=5, ge=1, le=1000)
     carrier_breaker_open_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: a rate quote is reused this long for the same route and weight band (0: never); see
+    #: shared/carriers/pacing.py
+    carrier_rate_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+    #: characters of the destination postal code that make the route (the carrier's zone)
+    carrier_rate_postal_prefix: int = Field(default=2, ge=1, le=16)
+    #: calls at once to one carrier (rates and tracking share one more such limit)
+    carrier_max_concurrent: int = Field(default=32, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _easypost_needs_a_key(self) -> CarrierClientSettings:
@@ -77,9 +85,15 @@ def attach_carrier_gateway(
     settings: CarrierClientSettings,
     gateway: CarrierGateway | None = None,
 ) -> CarrierGateway:
-    """Give ``runtime`` its carrier gateway (the configured one unless one is passed) and a
-    label purchaser with one circuit breaker per carrier; the gateway is closed at stop."""
-    chosen = gateway or gateway_for(settings)
+    """Give ``runtime`` its carrier gateway (the configured one unless one is passed, with
+    reused rate quotes and bounded concurrency) and a label purchaser with one circuit
+    breaker per carrier; the gateway is closed at stop."""
+    chosen = PacedGateway(
+        gateway or gateway_for(settings),
+        rate_cache_seconds=settings.carrier_rate_cache_seconds,
+        postal_prefix=settings.carrier_rate_postal_prefix,
+        max_concurrent=settings.carrier_max_concurrent,
+    )
     runtime.extras["carriers"] = chosen
     runtime.extras["carrier_timeout_seconds"] = settings.carrier_timeout_seconds
     # Breakers count real seconds: an injected business clock (SLA tests) must not hold

@@ -45,6 +45,10 @@ class ChannelListener:
     def _on_notify(self, *_: Any) -> None:
         self._event.set()
 
+    def wake(self) -> None:
+        """End the current (or next) :meth:`wait` at once, as a notification would."""
+        self._event.set()
+
     async def wait(self, seconds: float) -> None:
         """Until a notification arrives or ``seconds`` pass (the polling fallback)."""
         with contextlib.suppress(TimeoutError):

@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON columns as Python values (every pool connection, and dedicated ones)."""
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -23,7 +24,7 @@ async def create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init_connection,
         server_settings={"search_path": schema, "application_name": f"waybill-{schema}"},
     )
     return pool

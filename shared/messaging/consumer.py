@@ -1,9 +1,17 @@
 """The consumer runtime: a batch of records, one transaction, inbox, outbox, dead letters.
 
 A batch from the broker is handled in a single database transaction: every record's
-``event_id`` is claimed in the inbox with one statement, each new event goes to its
-handler, the emitted events land in the outbox, and the transaction commits. Only
+``event_id`` is claimed in the inbox with one statement, the new events of each topic go
+to its handler, the emitted events land in the outbox, and the transaction commits. Only
 then is the offset committed (the caller acknowledges after :meth:`process` returns).
+
+A route's handler takes either one event (``handles``) or every new event of its topic in
+the batch at once (``handles_batch``): a hot path touches the database with a constant
+number of statements per batch, not per event. The events reach a batch handler in
+partition order, so the events of one key (one order) come in the order they were
+published; :func:`rounds` splits them so that each round holds one event per key.
+Every record still gets its own span, in its own trace; an event emitted with
+``cause=`` continues the trace of the event it answers.
 
 When the batch transaction fails, the records are retried one by one, each in its
 own transaction, so one poison record cannot hold the others back. A record that
@@ -27,7 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID, uuid5
 
 import asyncpg
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 
 from shared import metrics, telemetry
@@ -79,6 +87,7 @@ class InvalidEvent:
 
 
 Handler = Callable[[E, UnitOfWork], Awaitable[None]]
+BatchHandler = Callable[[Sequence[E], UnitOfWork], Awaitable[None]]
 InvalidHandler = Callable[[InvalidEvent, UnitOfWork], Awaitable[bool]]
 
 
@@ -86,10 +95,31 @@ InvalidHandler = Callable[[InvalidEvent, UnitOfWork], Awaitable[bool]]
 class Route(Generic[E]):
     topic: str
     model: type[E]
-    handler: Handler[E]
+    handler: Handler[E] | None = None
     on_invalid: InvalidHandler | None = None
     #: larger records are invalid ("(record)": too large) before they are parsed further
     max_bytes: int | None = None
+    #: takes every new event of the topic in a batch at once (set-based handlers)
+    batch_handler: BatchHandler[E] | None = None
+
+
+K = TypeVar("K")
+
+
+def rounds(events: Sequence[E], key: Callable[[E], K]) -> list[list[E]]:
+    """Split ``events`` (in order) into rounds with at most one event per key each: round
+    1 holds every key's first event, round 2 every key's second, and so on. Handling the
+    rounds one after the other keeps each key's order; almost always there is one round."""
+    result: list[list[E]] = []
+    seen: dict[K, int] = {}
+    for event in events:
+        k = key(event)
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        if n == len(result):
+            result.append([])
+        result[n].append(event)
+    return result
 
 
 @dataclass
@@ -156,7 +186,32 @@ class EventConsumer:
         """Register ``handler`` for ``model.TOPIC``."""
 
         def register(handler: Handler[E]) -> Handler[E]:
-            self.add_route(Route(model.TOPIC, model, handler, on_invalid, max_bytes))
+            self.add_route(
+                Route(model.TOPIC, model, handler, on_invalid=on_invalid, max_bytes=max_bytes)
+            )
+            return handler
+
+        return register
+
+    def handles_batch(
+        self,
+        model: type[E],
+        *,
+        on_invalid: InvalidHandler | None = None,
+        max_bytes: int | None = None,
+    ) -> Callable[[BatchHandler[E]], BatchHandler[E]]:
+        """Register ``handler`` for ``model.TOPIC``; it takes all of a batch's new events."""
+
+        def register(handler: BatchHandler[E]) -> BatchHandler[E]:
+            self.add_route(
+                Route(
+                    model.TOPIC,
+                    model,
+                    on_invalid=on_invalid,
+                    max_bytes=max_bytes,
+                    batch_handler=handler,
+                )
+            )
             return handler
 
         return register
@@ -195,8 +250,16 @@ class EventConsumer:
         route = self._routes.get(topic)
         if route is None:
             return Delivery(record, topic, fallback_id, undecodable=f"no handler for {topic}")
+        value = record.value or b""
+        size = len(value)
+        if route.max_bytes is None or size <= route.max_bytes:
+            # the common case in one step: JSON parsed and validated by pydantic's core
+            with contextlib.suppress(ValidationError):
+                event = route.model.model_validate_json(value)
+                return Delivery(record, topic, event.event_id, event=event)
+        # not valid: find out why, to dead-letter or reject it with the reasons
         try:
-            payload = json.loads(record.value or b"")
+            payload = json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return Delivery(record, topic, fallback_id, undecodable=f"not JSON: {exc}")
         if not isinstance(payload, dict):
@@ -206,7 +269,6 @@ class EventConsumer:
         if isinstance(raw_id, str):
             with contextlib.suppress(ValueError):
                 dedupe_id = UUID(raw_id)
-        size = len(record.value or b"")
         if route.max_bytes is not None and size > route.max_bytes:
             too_large = [("(record)", f"{size} bytes is more than the {route.max_bytes} allowed")]
             return Delivery(
@@ -248,30 +310,85 @@ class EventConsumer:
             await self.after_commit(records)
 
     async def _handle_all(self, deliveries: list[Delivery], uow: UnitOfWork) -> None:
-        by_topic: dict[str, list[UUID]] = {}
-        for d in deliveries:
-            if d.undecodable is None:
-                by_topic.setdefault(d.topic, []).append(d.dedupe_id)
-        claimed: dict[str, set[UUID]] = {
-            topic: await uow.claim(self.inbox_name(topic), ids) for topic, ids in by_topic.items()
-        }
+        claimed = await uow.claim_many(
+            [(self.inbox_name(d.topic), d.dedupe_id) for d in deliveries if d.undecodable is None]
+        )
+        by_topic: dict[str, list[Delivery]] = {}
         for d in deliveries:
             if d.undecodable is not None:
                 await self._dead_letter(uow, d, d.undecodable, "UndecodableRecord", attempts=1)
                 continue
-            fresh = claimed[d.topic]
-            if d.dedupe_id not in fresh:
+            entry = (self.inbox_name(d.topic), d.dedupe_id)
+            if entry not in claimed:
                 self.duplicates += 1  # a redelivery, a re-published outbox row, a resend
                 continue
-            fresh.discard(d.dedupe_id)  # a second copy in this same batch is a duplicate too
-            await self._dispatch(d, uow)
+            claimed.discard(entry)  # a second copy in this same batch is a duplicate too
+            by_topic.setdefault(d.topic, []).append(d)
+        # Topics are independent streams (their relative order was never defined); within
+        # a topic, records keep the order the batch brought them in.
+        for topic, fresh in by_topic.items():
+            await self._dispatch_topic(self._routes[topic], fresh, uow)
+            self.handled += len(fresh)
+            metrics.events_handled.add(len(fresh), {"service": self.schema, "topic": topic})
 
-    async def _dispatch(self, d: Delivery, uow: UnitOfWork) -> None:
-        route = self._routes[d.topic]
+    async def _dispatch_topic(
+        self, route: Route[Any], fresh: list[Delivery], uow: UnitOfWork
+    ) -> None:
+        valid: list[Delivery] = []
+        for d in fresh:
+            if d.event is not None:
+                valid.append(d)
+                continue
+            # an invalid record is answered in its place among the valid ones
+            await self._dispatch_events(route, valid, uow)
+            valid = []
+            assert d.invalid is not None
+            with telemetry.use_span(self._record_span(d)):
+                handled = route.on_invalid is not None and await route.on_invalid(d.invalid, uow)
+                if not handled:
+                    await self._dead_letter(
+                        uow, d, d.invalid.describe(), "ValidationError", attempts=1
+                    )
+        await self._dispatch_events(route, valid, uow)
+
+    async def _dispatch_events(
+        self, route: Route[Any], deliveries: list[Delivery], uow: UnitOfWork
+    ) -> None:
+        if not deliveries:
+            return
+        if route.batch_handler is None:
+            assert route.handler is not None
+            for d in deliveries:
+                with telemetry.use_span(self._record_span(d)):
+                    await route.handler(d.event, uow)
+            return
+        spans = [self._record_span(d) for d in deliveries]
+        events = [d.event for d in deliveries]
+        for event, span in zip(events, spans, strict=True):
+            assert event is not None
+            uow.causes[event.event_id] = telemetry.context_with(span)
+        try:
+            if len(spans) == 1:
+                # one record: its queries and calls are spans of its own trace
+                with telemetry.use_span(spans[0], end=False):
+                    await route.batch_handler(events, uow)
+            else:
+                # a statement serves the whole batch: its spans go to the batch's own trace
+                with telemetry.batch_span(route.topic, service=self.schema, spans=spans):
+                    await route.batch_handler(events, uow)
+        except BaseException as exc:
+            for span in spans:
+                telemetry.record_failure(span, exc)
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    def _record_span(self, d: Delivery) -> Span:
+        """The span of one handled record, in the trace its headers carry (one trace per
+        order); started, not current."""
         headers = [(k, v.decode(errors="replace")) for k, v in d.record.headers]
-        order_id = d.event.partition_key() if d.event is not None else None
-        # the record's span continues the trace its headers carry (one trace per order)
-        with telemetry.span(
+        return telemetry.start_span(
             f"{d.topic} process",
             service=self.schema,
             parent=telemetry.context_from(headers),
@@ -280,20 +397,10 @@ class EventConsumer:
                 "messaging.system": "kafka",
                 "messaging.destination.name": d.topic,
                 "messaging.consumer.group.name": self.group_id,
-                "waybill.order_id": order_id,
+                "waybill.order_id": d.event.partition_key() if d.event is not None else None,
                 "waybill.event_id": str(d.event.event_id) if d.event is not None else None,
             },
-        ):
-            if d.event is not None:
-                await route.handler(d.event, uow)
-            elif d.invalid is not None:
-                handled = route.on_invalid is not None and await route.on_invalid(d.invalid, uow)
-                if not handled:
-                    await self._dead_letter(
-                        uow, d, d.invalid.describe(), "ValidationError", attempts=1
-                    )
-            self.handled += 1
-            metrics.events_handled.add(1, {"service": self.schema, "topic": d.topic})
+        )
 
     async def _process_alone(self, d: Delivery) -> None:
         attempts = 0

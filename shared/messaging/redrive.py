@@ -13,7 +13,6 @@ import logging
 
 from shared import topics
 from shared.db import UnitOfWork
-from shared.db.uow import outbox_channel
 from shared.events import RedriveRequested
 from shared.messaging.consumer import EventConsumer
 
@@ -25,25 +24,20 @@ REDRIVE_HEADER = "waybill-redrive"
 
 async def republish_order(uow: UnitOfWork, *, order_id: str, request_id: str) -> int:
     """Copy every published outbox row keyed ``order_id`` (originals only, oldest first) to
-    the end of the outbox; the relay publishes the copies. Returns how many were copied."""
-    status = await uow.conn.execute(
+    the end of the outbox when the unit of work commits; the relay publishes the copies.
+    Returns how many will be copied."""
+    rows = await uow.conn.fetch(
         """
-        INSERT INTO outbox (event_id, topic, key, payload, headers, redrive_of)
-        SELECT event_id, topic, key, payload,
-               headers || jsonb_build_array(jsonb_build_array($2::text, $3::text)), id
-        FROM outbox
-        WHERE key = $1 AND redrive_of IS NULL AND published_at IS NOT NULL AND topic <> $4
-        ORDER BY id
+        SELECT id FROM outbox
+        WHERE key = $1 AND redrive_of IS NULL AND published_at IS NOT NULL AND topic <> $2
         """,
         order_id,
-        REDRIVE_HEADER,
-        request_id,
         topics.ORDERS_REDRIVE_REQUESTED,  # the requests themselves are not repeated
     )
-    copied = int(status.split()[-1])
-    if copied:
-        await uow.conn.execute("SELECT pg_notify($1, '')", outbox_channel(uow.schema))
-    return copied
+    ids = [r["id"] for r in rows]
+    # copied under the outbox lock at commit, like every outbox row (shared/db/uow.py)
+    uow.copy_published(ids, header=(REDRIVE_HEADER, request_id))
+    return len(ids)
 
 
 def answer_redrives(consumer: EventConsumer, *, service: str) -> None:

@@ -1,14 +1,18 @@
 """The outbox relay: publishes committed outbox rows to Kafka in order, in batches.
 
-Ordering: rows are read in ``id`` order, and only those written by transactions
-older than every transaction still running (``txid < pg_snapshot_xmin``). Outbox
-rows are inserted at the end of their transaction, after its row locks, so for
-one key the id order is the commit order, and a smaller id that commits late is
-never overtaken. Rows of one key go to one partition in send order.
+Ordering: a service's transactions draw their outbox ids under its outbox lock, which they
+hold until they commit (shared/db/uow.py), so the id order is the commit order and a row
+that is visible has every smaller id visible (or rolled back) too. The relay reads
+unpublished rows in ``id`` order and sends them in that order; rows of one key go to one
+partition in send order. Nothing waits for unrelated transactions: a long transaction of
+another service, or of this one that has not written its outbox yet, holds nobody back.
 
-One relay per service is active at a time (a session advisory lock); others wait
-as stand-bys. It wakes on ``NOTIFY`` and polls as a fallback. A crash between the
-publish and the ``published_at`` update publishes again: consumers' inboxes absorb it.
+One relay per service is active at a time (a session advisory lock); others wait as
+stand-bys. It wakes on ``NOTIFY`` (sent by every transaction that writes the outbox) and
+polls as a fallback. A crash between the publish and the ``published_at`` update publishes
+again: consumers' inboxes absorb it. That is also why the update is committed
+asynchronously (``synchronous_commit = off``): losing it in a crash costs a re-send, never
+an event.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from shared.db.pool import init_connection
 from shared.db.uow import outbox_channel
 
 log = logging.getLogger("waybill.relay")
@@ -82,9 +87,11 @@ class OutboxRelay:
 
     async def _lead(self) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(
-            self._dsn, server_settings={"search_path": self._schema}
+            self._dsn,
+            server_settings={"search_path": self._schema, "synchronous_commit": "off"},
         )
         try:
+            await init_connection(conn)
             # A stand-by polls for the lock: PostgreSQL offers no wake-up when it frees.
             while not await conn.fetchval(  # noqa: ASYNC110
                 "SELECT pg_try_advisory_lock($1)", _leader_key(self._schema)
@@ -94,9 +101,9 @@ class OutboxRelay:
             await conn.add_listener(outbox_channel(self._schema), self._on_notify)
             while True:
                 self._wake.clear()
-                published = await self.publish_batch()
-                if published >= self._batch_max:
-                    continue
+                published = await self.publish_batch(conn)
+                if published:
+                    continue  # more may have committed meanwhile: look again at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
         finally:
@@ -107,14 +114,14 @@ class OutboxRelay:
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
 
-    async def publish_batch(self) -> int:
-        """Publish one batch of settled rows; return how many were published."""
-        rows = await self._pool.fetch(
+    async def publish_batch(self, conn: asyncpg.Connection | None = None) -> int:
+        """Publish one batch of committed rows in id order; return how many were published."""
+        db: Any = conn if conn is not None else self._pool
+        rows = await db.fetch(
             """
             SELECT id, topic, key, payload, headers
             FROM outbox
             WHERE published_at IS NULL
-              AND txid < pg_snapshot_xmin(pg_current_snapshot())
             ORDER BY id
             LIMIT $1
             """,
@@ -122,19 +129,21 @@ class OutboxRelay:
         )
         if not rows:
             return 0
+        prefix = self._topic_prefix
+        send = self._producer.send
         deliveries = []
         for row in rows:
             key = row["key"]
             deliveries.append(
-                await self._producer.send(
-                    self._topic_prefix + row["topic"],
+                await send(
+                    prefix + row["topic"],
                     value=row["payload"],
                     key=key.encode() if key is not None else None,
                     headers=[(k, v.encode()) for k, v in row["headers"]],
                 )
             )
         await asyncio.gather(*deliveries)
-        await self._pool.execute(
+        await db.execute(
             "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
             [r["id"] for r in rows],
         )

@@ -116,8 +116,9 @@ async def test_every_order_gets_exactly_one_label_through_errors_timeouts_and_42
     assert max(r["attempts"] for r in rows) <= BUDGET
     calls = stats["requests"]["POST /v1/rates"] + stats["requests"]["POST /v1/shipments"]
     assert sum(r["attempts"] for r in rows) == calls
-    # the faults cost retries: more calls than the two per order a calm day needs
-    assert calls > 2 * ORDERS
+    # the faults cost retries: more label calls than the one per order a calm day needs
+    # (a calm day's rates are mostly reused: shared/carriers/pacing.py)
+    assert stats["requests"]["POST /v1/shipments"] > ORDERS
     print(
         f"{ORDERS} labels in {calls} carrier calls (at most "
         f"{max(r['attempts'] for r in rows)} for one label, budget {BUDGET}); injected "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -38,24 +39,6 @@ async def lock_wave_builder(conn: Connection, schema: str) -> bool:
 
 
 # -- the queue --------------------------------------------------------------------------
-
-
-async def enqueue(
-    conn: Connection, *, order_id: str, picks: Sequence[Pick], queued_at: datetime
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO picking_queue (order_id, warehouse_id, sku, bin, quantity, queued_at)
-        SELECT $1, w, s, b, q, $6
-        FROM unnest($2::text[], $3::text[], $4::text[], $5::int[]) AS p(w, s, b, q)
-        """,
-        order_id,
-        [p.warehouse_id for p in picks],
-        [p.sku for p in picks],
-        [p.bin for p in picks],
-        [p.quantity for p in picks],
-        queued_at,
-    )
 
 
 async def waiting_orders(conn: Connection) -> list[WaitingOrder]:
@@ -311,23 +294,6 @@ async def close_finished_picklists(
     )
 
 
-async def mark_autopicked(conn: Connection, picklist_id: UUID, *, now: datetime) -> None:
-    """An automatically confirmed pick list: every line picked and packed, the list done."""
-    await conn.execute(
-        """
-        UPDATE picklist_lines SET picked_quantity = quantity, picked_at = $2, packed_at = $2
-        WHERE picklist_id = $1
-        """,
-        picklist_id,
-        now,
-    )
-    await conn.execute(
-        "UPDATE picklists SET status = 'done', closed_at = $2 WHERE picklist_id = $1",
-        picklist_id,
-        now,
-    )
-
-
 async def cancel_unpacked_lines(
     conn: Connection, order_id: str, *, now: datetime | None
 ) -> list[UUID]:
@@ -370,19 +336,8 @@ async def insert_packing(
     parcels: list[dict[str, Any]],
     packed_at: datetime,
 ) -> bool:
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO packings (order_id, warehouse_id, parcels, packed_at)
-        VALUES ($1, $2, $3, $4)
-        ON CONFLICT DO NOTHING
-        RETURNING true
-        """,
-        order_id,
-        warehouse_id,
-        parcels,
-        packed_at,
-    )
-    return inserted is True
+    packed = await insert_packings(conn, [(order_id, warehouse_id, parcels)], packed_at=packed_at)
+    return bool(packed)
 
 
 async def mark_packed(
@@ -411,3 +366,98 @@ async def still_reserved(conn: Connection, order_id: str) -> bool:
         order_id,
     )
     return found is True
+
+
+# -- set-based statements of the hot path --------------------------------------------------
+
+
+async def enqueue_many(
+    conn: Connection, queued: Sequence[tuple[str, Pick]], *, queued_at: datetime
+) -> None:
+    """Put the reserved picks of several orders on the wave queue, in one statement."""
+    if not queued:
+        return
+    await conn.execute(
+        """
+        INSERT INTO picking_queue (order_id, warehouse_id, sku, bin, quantity, queued_at)
+        SELECT o, w, s, b, q, $6
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
+             WITH ORDINALITY AS p(o, w, s, b, q, i)
+        ORDER BY i
+        """,
+        [o for o, _ in queued],
+        [p.warehouse_id for _, p in queued],
+        [p.sku for _, p in queued],
+        [p.bin for _, p in queued],
+        [p.quantity for _, p in queued],
+        queued_at,
+    )
+
+
+async def create_picked_and_packed(
+    conn: Connection,
+    picklists: Sequence[tuple[UUID, str, Sequence[PickLine]]],
+    *,
+    now: datetime,
+) -> None:
+    """Pick lists confirmed and packed at once (automatic picking): each ``(picklist_id,
+    warehouse_id, lines)`` done, its lines picked and packed, in two statements."""
+    if not picklists:
+        return
+    await conn.execute(
+        # clock_timestamp per row: the pick lists of one batch keep their order
+        """
+        INSERT INTO picklists (picklist_id, warehouse_id, status, created_at, closed_at)
+        SELECT p, w, 'done', clock_timestamp(), $3
+        FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS n(p, w, i)
+        ORDER BY i
+        """,
+        [p for p, _, _ in picklists],
+        [w for _, w, _ in picklists],
+        now,
+    )
+    lines = [
+        (picklist_id, n, line)
+        for picklist_id, _, picked in picklists
+        for n, line in enumerate(picked, start=1)
+    ]
+    await conn.execute(
+        """
+        INSERT INTO picklist_lines (picklist_id, line_no, order_id, sku, bin, quantity,
+                                    picked_quantity, picked_at, packed_at)
+        SELECT p, n, o, s, b, q, q, $7, $7
+        FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[])
+             AS l(p, n, o, s, b, q)
+        """,
+        [p for p, _, _ in lines],
+        [n for _, n, _ in lines],
+        [line.order_id for _, _, line in lines],
+        [line.sku for _, _, line in lines],
+        [line.bin for _, _, line in lines],
+        [line.quantity for _, _, line in lines],
+        now,
+    )
+
+
+async def insert_packings(
+    conn: Connection,
+    packings: Sequence[tuple[str, str, list[dict[str, Any]]]],
+    *,
+    packed_at: datetime,
+) -> set[tuple[str, str]]:
+    """Each ``(order_id, warehouse_id, parcels)`` packed once; returns those packed now."""
+    if not packings:
+        return set()
+    rows = await conn.fetch(
+        """
+        INSERT INTO packings (order_id, warehouse_id, parcels, packed_at)
+        SELECT o, w, p::jsonb, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS n(o, w, p)
+        ON CONFLICT DO NOTHING
+        RETURNING order_id, warehouse_id
+        """,
+        [o for o, _, _ in packings],
+        [w for _, w, _ in packings],
+        [json.dumps(p) for _, _, p in packings],
+        packed_at,
+    )
+    return {(r["order_id"], r["warehouse_id"]) for r in rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -81,66 +82,6 @@ async def lock_stock(conn: Connection, skus: Iterable[str]) -> list[BinStock]:
         sorted(set(skus)),
     )
     return [BinStock(r["warehouse_id"], r["sku"], r["bin"], r["available"]) for r in rows]
-
-
-async def reserve(conn: Connection, order_id: str, picks: Iterable[Pick]) -> None:
-    picks = list(picks)
-    # The conditional update is the last line of defence: the CHECK refuses oversell too.
-    status = await conn.execute(
-        """
-        UPDATE stock s SET reserved = s.reserved + p.quantity
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
-             AS p(warehouse_id, sku, bin, quantity)
-        WHERE s.warehouse_id = p.warehouse_id AND s.sku = p.sku AND s.bin = p.bin
-          AND s.on_hand - s.reserved >= p.quantity
-        """,
-        [p.warehouse_id for p in picks],
-        [p.sku for p in picks],
-        [p.bin for p in picks],
-        [p.quantity for p in picks],
-    )
-    if status != f"UPDATE {len(picks)}":
-        raise StockChanged(f"stock of {order_id} changed under its lock: {status}")
-    await conn.execute(
-        """
-        INSERT INTO reservations (order_id, warehouse_id, sku, bin, quantity)
-        SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
-        """,
-        order_id,
-        [p.warehouse_id for p in picks],
-        [p.sku for p in picks],
-        [p.bin for p in picks],
-        [p.quantity for p in picks],
-    )
-
-
-async def insert_order(
-    conn: Connection,
-    *,
-    order_id: str,
-    lines: list[dict[str, Any]],
-    country: str,
-    postal_code: str,
-    accepted_at: datetime,
-    placed_at: datetime,
-) -> bool:
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO inventory_orders (order_id, status, lines, ship_country, ship_postal_code,
-                                      accepted_at, placed_at)
-        SELECT $1, 'new', $2, $3, $4, $5, $6
-        WHERE NOT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)
-        ON CONFLICT (order_id) DO NOTHING
-        RETURNING true
-        """,
-        order_id,
-        lines,
-        country,
-        postal_code,
-        accepted_at,
-        placed_at,
-    )
-    return inserted is True
 
 
 async def set_order_status(
@@ -397,3 +338,112 @@ async def written_off(conn: Connection, sku: str) -> dict[str, int]:
         sku,
     )
     return {r["warehouse_id"]: r["q"] for r in rows}
+
+
+# --- set-based statements of the hot path (one statement per batch, not per order) ---------
+
+
+async def insert_orders(conn: Connection, orders: list[dict[str, Any]]) -> set[str]:
+    """New orders (not cancelled before we heard of them); returns the order_ids inserted."""
+    if not orders:
+        return set()
+    rows = await conn.fetch(
+        """
+        INSERT INTO inventory_orders (order_id, status, lines, ship_country, ship_postal_code,
+                                      accepted_at, placed_at)
+        SELECT o, 'new', l::jsonb, c, p, a, pl
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                    $6::timestamptz[]) AS n(o, l, c, p, a, pl)
+        WHERE NOT EXISTS (SELECT 1 FROM cancelled_orders x WHERE x.order_id = n.o)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING order_id
+        """,
+        [o["order_id"] for o in orders],
+        [json.dumps(o["lines"]) for o in orders],
+        [o["country"] for o in orders],
+        [o["postal_code"] for o in orders],
+        [o["accepted_at"] for o in orders],
+        [o["placed_at"] for o in orders],
+    )
+    return {r["order_id"] for r in rows}
+
+
+async def lock_orders(conn: Connection, order_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Lock the orders' rows (in one global order, so batches never deadlock)."""
+    if not order_ids:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT * FROM inventory_orders WHERE order_id = ANY($1::text[])
+        ORDER BY order_id FOR UPDATE
+        """,
+        sorted(set(order_ids)),
+    )
+    return {r["order_id"]: dict(r) for r in rows}
+
+
+async def set_order_statuses(
+    conn: Connection, statuses: list[tuple[str, str, dict[str, int]]]
+) -> None:
+    """Each (order_id, status, missing) in one statement."""
+    if not statuses:
+        return
+    await conn.execute(
+        """
+        UPDATE inventory_orders o SET status = n.s, missing = n.m::jsonb, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::text[]) AS n(id, s, m)
+        WHERE o.order_id = n.id
+        """,
+        [s[0] for s in statuses],
+        [s[1] for s in statuses],
+        [json.dumps(s[2]) for s in statuses],
+    )
+
+
+def _per_bin(picks: Iterable[Pick]) -> dict[tuple[str, str, str], int]:
+    totals: dict[tuple[str, str, str], int] = {}
+    for p in picks:
+        key = (p.warehouse_id, p.sku, p.bin)
+        totals[key] = totals.get(key, 0) + p.quantity
+    return totals
+
+
+async def take_stock(
+    conn: Connection, reservations: list[tuple[str, Pick]], *, shipped: bool
+) -> None:
+    """Reserve what the orders' picks take from their bins (``shipped``: the goods leave at
+    once, as when the warehouse picks and packs automatically), in two statements. The
+    stock rows are locked already (:func:`lock_stock`): the conditional update is the last
+    line of defence, and the CHECK constraints refuse oversell too."""
+    if not reservations:
+        return
+    totals = _per_bin(p for _, p in reservations)
+    column = "on_hand" if shipped else "reserved"
+    sign = "-" if shipped else "+"
+    status = await conn.execute(
+        f"""
+        UPDATE stock s SET {column} = s.{column} {sign} n.q
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS n(w, k, b, q)
+        WHERE s.warehouse_id = n.w AND s.sku = n.k AND s.bin = n.b
+          AND s.on_hand - s.reserved >= n.q
+        """,
+        [k[0] for k in totals],
+        [k[1] for k in totals],
+        [k[2] for k in totals],
+        list(totals.values()),
+    )
+    if status != f"UPDATE {len(totals)}":
+        raise StockChanged(f"stock changed under its lock: {status} of {len(totals)} bins")
+    await conn.execute(
+        """
+        INSERT INTO reservations (order_id, warehouse_id, sku, bin, quantity, status)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                             $6::text[])
+        """,
+        [o for o, _ in reservations],
+        [p.warehouse_id for _, p in reservations],
+        [p.sku for _, p in reservations],
+        [p.bin for _, p in reservations],
+        [p.quantity for _, p in reservations],
+        ["packed" if shipped else "reserved"] * len(reservations),
+    )

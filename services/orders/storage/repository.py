@@ -10,50 +10,6 @@ from uuid import UUID
 from services.orders.domain.promises import PromisePolicy
 from services.orders.domain.status import TERMINAL
 from shared.db.uow import Connection
-from shared.events import OrderPlaced, Promise
-
-
-async def insert_order(
-    conn: Connection,
-    order: OrderPlaced,
-    *,
-    content_hash: str,
-    promise: Promise,
-    replaces: tuple[str, str] | None = None,
-) -> bool:
-    """Insert a new order; False when the order_id exists already. ``replaces``: the
-    (order_id, return_id) an exchange's replacement order stands for."""
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO orders (order_id, shop_id, status, service_level, currency, placed_at,
-                            content_hash, lines, ship_to, customer, dispatch_by, deliver_by,
-                            replaces_order_id, replaces_return_id)
-        VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-        ON CONFLICT (order_id) DO NOTHING
-        RETURNING true
-        """,
-        order.order_id,
-        order.shop_id,
-        order.service_level,
-        order.currency,
-        order.placed_at,
-        content_hash,
-        [line.model_dump(mode="json") for line in order.lines],
-        order.ship_to.model_dump(mode="json"),
-        order.customer.model_dump(mode="json"),
-        promise.dispatch_by,
-        promise.deliver_by,
-        replaces[0] if replaces else None,
-        replaces[1] if replaces else None,
-    )
-    return inserted is True
-
-
-async def content_hash_of(conn: Connection, order_id: str) -> str | None:
-    value: str | None = await conn.fetchval(
-        "SELECT content_hash FROM orders WHERE order_id = $1", order_id
-    )
-    return value
 
 
 async def lock_status(conn: Connection, order_id: str) -> str | None:
@@ -61,12 +17,6 @@ async def lock_status(conn: Connection, order_id: str) -> str | None:
         "SELECT status FROM orders WHERE order_id = $1 FOR UPDATE", order_id
     )
     return value
-
-
-async def set_status(conn: Connection, order_id: str, status: str) -> None:
-    await conn.execute(
-        "UPDATE orders SET status = $2, updated_at = now() WHERE order_id = $1", order_id, status
-    )
 
 
 async def append_timeline(
@@ -152,17 +102,7 @@ async def count_by_status(conn: Connection) -> dict[str, int]:
 
 
 async def shop_promise_policy(conn: Connection, shop_id: str) -> PromisePolicy | None:
-    row = await conn.fetchrow("SELECT * FROM shop_promises WHERE shop_id = $1", shop_id)
-    if row is None:
-        return None
-    return PromisePolicy(
-        time_zone=row["time_zone"],
-        standard_cutoff=row["standard_cutoff"],
-        express_cutoff=row["express_cutoff"],
-        collection_time=row["collection_time"],
-        standard_business_days=row["standard_business_days"],
-        express_business_days=row["express_business_days"],
-    )
+    return (await shop_promise_policies(conn, [shop_id])).get(shop_id)
 
 
 async def save_shop_promise_policy(conn: Connection, shop_id: str, policy: PromisePolicy) -> None:
@@ -282,38 +222,6 @@ async def return_decisions_of(conn: Connection, order_id: str) -> list[dict[str,
 
 
 # --- the SLA engine -----------------------------------------------------------------------
-
-
-async def open_sla(
-    conn: Connection, *, order_id: str, stage: str, window_start: datetime, deadline: datetime
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO order_slas (order_id, stage, window_start, deadline)
-        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-        """,
-        order_id,
-        stage,
-        window_start,
-        deadline,
-    )
-
-
-async def meet_sla(
-    conn: Connection, *, order_id: str, stage: str, at: datetime
-) -> dict[str, Any] | None:
-    """The stage is met at ``at`` (first time only); the row, to judge lateness."""
-    row = await conn.fetchrow(
-        """
-        UPDATE order_slas SET met_at = $3
-        WHERE order_id = $1 AND stage = $2 AND met_at IS NULL
-        RETURNING order_id, stage, window_start, deadline, breached_at
-        """,
-        order_id,
-        stage,
-        at,
-    )
-    return dict(row) if row is not None else None
 
 
 async def mark_sla_breached(conn: Connection, *, order_id: str, stage: str, at: datetime) -> bool:
@@ -619,3 +527,206 @@ async def first_trace_headers(conn: Connection, order_id: str) -> list[tuple[str
         "SELECT headers FROM outbox WHERE key = $1 ORDER BY id LIMIT 1", order_id
     )
     return [(str(k), str(v)) for k, v in (headers or [])]
+
+
+# --- set-based statements of the hot path (one statement per batch, not per event) ---------
+
+
+async def insert_orders(conn: Connection, orders: list[dict[str, Any]]) -> set[str]:
+    """Insert new orders (dicts of the ``orders`` columns); returns the order_ids inserted
+    (the others exist already)."""
+    if not orders:
+        return set()
+    columns = (
+        ("order_id", "text"),
+        ("shop_id", "text"),
+        ("service_level", "text"),
+        ("currency", "text"),
+        ("placed_at", "timestamptz"),
+        ("content_hash", "text"),
+        ("lines", "text"),
+        ("ship_to", "text"),
+        ("customer", "text"),
+        ("dispatch_by", "timestamptz"),
+        ("deliver_by", "timestamptz"),
+        ("replaces_order_id", "text"),
+        ("replaces_return_id", "text"),
+    )
+    json_columns = {"lines", "ship_to", "customer"}
+    arrays = [
+        [canonical_json(o[name]) if name in json_columns else o[name] for o in orders]
+        for name, _ in columns
+    ]
+    rows = await conn.fetch(
+        """
+        INSERT INTO orders (order_id, shop_id, status, service_level, currency, placed_at,
+                            content_hash, lines, ship_to, customer, dispatch_by, deliver_by,
+                            replaces_order_id, replaces_return_id)
+        SELECT o, s, 'accepted', l, c, p, h, li::jsonb, st::jsonb, cu::jsonb, db, dl, ro, rr
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                    $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                    $11::timestamptz[], $12::text[], $13::text[])
+             AS n(o, s, l, c, p, h, li, st, cu, db, dl, ro, rr)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING order_id
+        """,
+        *arrays,
+    )
+    return {r["order_id"] for r in rows}
+
+
+async def content_hashes(conn: Connection, order_ids: list[str]) -> dict[str, str]:
+    if not order_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT order_id, content_hash FROM orders WHERE order_id = ANY($1::text[])", order_ids
+    )
+    return {r["order_id"]: r["content_hash"] for r in rows}
+
+
+async def insert_rejections(conn: Connection, rejections: list[dict[str, Any]]) -> None:
+    """Rejections (event_id, order_id, reason, reasons) in one statement."""
+    if not rejections:
+        return
+    await conn.execute(
+        """
+        INSERT INTO rejections (event_id, order_id, reason, reasons)
+        SELECT e, o, r, rs::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+             AS n(e, o, r, rs)
+        ON CONFLICT (event_id) DO NOTHING
+        """,
+        [x["event_id"] for x in rejections],
+        [x["order_id"] for x in rejections],
+        [x["reason"] for x in rejections],
+        [canonical_json(x["reasons"]) for x in rejections],
+    )
+
+
+async def append_timelines(conn: Connection, entries: list[dict[str, Any]]) -> None:
+    """Timeline entries (order_id, status, at, topic, event_id, detail), kept in list order."""
+    if not entries:
+        return
+    await conn.execute(
+        """
+        INSERT INTO order_timeline (order_id, status, at, topic, event_id, detail)
+        SELECT o, s, a, t, e, d::jsonb
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[],
+                    $6::text[]) WITH ORDINALITY AS n(o, s, a, t, e, d, i)
+        ORDER BY i
+        """,
+        [x["order_id"] for x in entries],
+        [x["status"] for x in entries],
+        [x["at"] for x in entries],
+        [x["topic"] for x in entries],
+        [x["event_id"] for x in entries],
+        [canonical_json(x.get("detail") or {}) for x in entries],
+    )
+
+
+async def lock_statuses(conn: Connection, order_ids: list[str]) -> dict[str, str]:
+    """Lock the orders' rows (in one global order, so batches never deadlock); their status."""
+    if not order_ids:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT order_id, status FROM orders WHERE order_id = ANY($1::text[])
+        ORDER BY order_id FOR UPDATE
+        """,
+        sorted(set(order_ids)),
+    )
+    return {r["order_id"]: r["status"] for r in rows}
+
+
+async def set_statuses(conn: Connection, statuses: dict[str, str]) -> None:
+    if not statuses:
+        return
+    await conn.execute(
+        """
+        UPDATE orders o SET status = n.s, updated_at = now()
+        FROM unnest($1::text[], $2::text[]) AS n(id, s)
+        WHERE o.order_id = n.id
+        """,
+        list(statuses),
+        list(statuses.values()),
+    )
+
+
+async def open_slas(conn: Connection, windows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """SLA rows (order_id, stage, window_start, deadline, met_at, breached_at); returns the
+    (order_id, stage) pairs inserted (an existing row is left as it is)."""
+    if not windows:
+        return set()
+    rows = await conn.fetch(
+        """
+        INSERT INTO order_slas (order_id, stage, window_start, deadline, met_at, breached_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                             $5::timestamptz[], $6::timestamptz[])
+        ON CONFLICT DO NOTHING
+        RETURNING order_id, stage
+        """,
+        [w["order_id"] for w in windows],
+        [w["stage"] for w in windows],
+        [w["window_start"] for w in windows],
+        [w["deadline"] for w in windows],
+        [w.get("met_at") for w in windows],
+        [w.get("breached_at") for w in windows],
+    )
+    return {(r["order_id"], r["stage"]) for r in rows}
+
+
+async def meet_slas(conn: Connection, met: list[tuple[str, str, datetime]]) -> list[dict[str, Any]]:
+    """Each (order_id, stage) met at its time, the first time only; the rows met now."""
+    if not met:
+        return []
+    rows = await conn.fetch(
+        """
+        UPDATE order_slas s SET met_at = n.at
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(o, st, at)
+        WHERE s.order_id = n.o AND s.stage = n.st AND s.met_at IS NULL
+        RETURNING s.order_id, s.stage, s.window_start, s.deadline, s.breached_at, s.met_at
+        """,
+        [m[0] for m in met],
+        [m[1] for m in met],
+        [m[2] for m in met],
+    )
+    return [dict(r) for r in rows]
+
+
+async def mark_slas_breached(
+    conn: Connection, breaches: list[tuple[str, str, datetime]]
+) -> set[tuple[str, str]]:
+    """Each (order_id, stage) breached at its time, the first time only; those marked now."""
+    if not breaches:
+        return set()
+    rows = await conn.fetch(
+        """
+        UPDATE order_slas s SET breached_at = n.at
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(o, st, at)
+        WHERE s.order_id = n.o AND s.stage = n.st AND s.breached_at IS NULL
+        RETURNING s.order_id, s.stage
+        """,
+        [b[0] for b in breaches],
+        [b[1] for b in breaches],
+        [b[2] for b in breaches],
+    )
+    return {(r["order_id"], r["stage"]) for r in rows}
+
+
+async def shop_promise_policies(conn: Connection, shop_ids: list[str]) -> dict[str, PromisePolicy]:
+    """The shops among ``shop_ids`` that have promise settings of their own."""
+    if not shop_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT * FROM shop_promises WHERE shop_id = ANY($1::text[])", sorted(set(shop_ids))
+    )
+    return {
+        r["shop_id"]: PromisePolicy(
+            time_zone=r["time_zone"],
+            standard_cutoff=r["standard_cutoff"],
+            express_cutoff=r["express_cutoff"],
+            collection_time=r["collection_time"],
+            standard_business_days=r["standard_business_days"],
+            express_business_days=r["express_business_days"],
+        )
+        for r in rows
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,23 +24,21 @@ PURCHASES = PurchaseRows(
 )
 
 
-async def remember_order(
-    conn: Connection,
-    *,
-    order_id: str,
-    currency: str,
-    lines: list[dict[str, Any]],
-    ship_to: dict[str, Any],
-) -> None:
+async def remember_orders(conn: Connection, orders: list[dict[str, Any]]) -> None:
+    """What returns keeps of each accepted order (order_id, currency, lines, ship_to)."""
+    if not orders:
+        return
     await conn.execute(
         """
-        INSERT INTO return_orders (order_id, currency, lines, ship_to) VALUES ($1, $2, $3, $4)
+        INSERT INTO return_orders (order_id, currency, lines, ship_to)
+        SELECT o, c, l::jsonb, s::jsonb
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS n(o, c, l, s)
         ON CONFLICT (order_id) DO NOTHING
         """,
-        order_id,
-        currency,
-        lines,
-        ship_to,
+        [o["order_id"] for o in orders],
+        [o["currency"] for o in orders],
+        [json.dumps(o["lines"]) for o in orders],
+        [json.dumps(o["ship_to"]) for o in orders],
     )
 
 
@@ -148,12 +147,17 @@ async def decide(
 
 
 async def pending_of_order(conn: Connection, order_id: str) -> list[dict[str, Any]]:
+    return await pending_of_orders(conn, [order_id])
+
+
+async def pending_of_orders(conn: Connection, order_ids: list[str]) -> list[dict[str, Any]]:
+    """Requests still waiting for news of these orders, oldest first per order."""
     rows = await conn.fetch(
         """
-        SELECT * FROM returns WHERE order_id = $1 AND status = 'pending'
-        ORDER BY created_at FOR UPDATE
+        SELECT * FROM returns WHERE order_id = ANY($1::text[]) AND status = 'pending'
+        ORDER BY order_id, created_at FOR UPDATE
         """,
-        order_id,
+        sorted(set(order_ids)),
     )
     return [dict(r) for r in rows]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -19,84 +20,8 @@ PURCHASES = PurchaseRows(
     status_column="state",
     carrier_column="carrier",
     service_column="service",
+    id_type="uuid",
 )
-
-
-async def remember_order(
-    conn: Connection,
-    *,
-    order_id: str,
-    service_level: str,
-    placed_at: datetime,
-    deliver_by: datetime,
-    ship_to: dict[str, Any],
-) -> int:
-    """Keep the order; release shipments packed before we heard of it. Returns how many."""
-    await conn.execute(
-        """
-        INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by, ship_to)
-        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING
-        """,
-        order_id,
-        service_level,
-        placed_at,
-        deliver_by,
-        ship_to,
-    )
-    status = await conn.execute(
-        """
-        UPDATE shipments SET state = 'label_pending', next_attempt_at = now()
-        WHERE order_id = $1 AND state = 'awaiting_order'
-        """,
-        order_id,
-    )
-    return int(status.split()[-1])
-
-
-async def order_cancelled(conn: Connection, order_id: str) -> bool:
-    return (
-        await conn.fetchval("SELECT true FROM cancelled_orders WHERE order_id = $1", order_id)
-    ) is True
-
-
-async def order_known(conn: Connection, order_id: str) -> bool:
-    return (
-        await conn.fetchval("SELECT true FROM shipping_orders WHERE order_id = $1", order_id)
-    ) is True
-
-
-async def insert_shipment(
-    conn: Connection,
-    *,
-    shipment_id: UUID,
-    order_id: str,
-    warehouse_id: str,
-    state: str,
-    idempotency_key: str,
-    ship_from: dict[str, Any] | None,
-    parcels: list[dict[str, Any]],
-    lines: list[dict[str, Any]],
-    trace_context: dict[str, str] | None = None,
-) -> bool:
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO shipments (shipment_id, order_id, warehouse_id, state, idempotency_key,
-                               ship_from, parcels, lines, trace_context)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        ON CONFLICT DO NOTHING
-        RETURNING true
-        """,
-        shipment_id,
-        order_id,
-        warehouse_id,
-        state,
-        idempotency_key,
-        ship_from,
-        parcels,
-        lines,
-        trace_context,
-    )
-    return inserted is True
 
 
 async def lease_due_shipments(
@@ -122,69 +47,6 @@ async def lease_due_shipments(
         lease,
     )
     return [dict(r) for r in rows]
-
-
-async def choose_service(
-    conn: Connection,
-    shipment_id: UUID,
-    *,
-    carrier: str,
-    service: str,
-    estimated_delivery: datetime,
-    at_risk: bool,
-    idempotency_key: str,
-) -> None:
-    await conn.execute(
-        """
-        UPDATE shipments SET carrier = $2, service = $3, estimated_delivery = $4, at_risk = $5,
-                             idempotency_key = $6
-        WHERE shipment_id = $1
-        """,
-        shipment_id,
-        carrier,
-        service,
-        estimated_delivery,
-        at_risk,
-        idempotency_key,
-    )
-
-
-async def record_label(
-    conn: Connection,
-    shipment_id: UUID,
-    *,
-    tracking_number: str,
-    label_url: str,
-    estimated_delivery: datetime,
-    carrier_shipment_id: str,
-    attempts: int,
-    pinned: bool,
-) -> str | None:
-    """Keep a bought label. Returns the new state: ``label_created``, or ``void_pending``
-    when the order was cancelled while the purchase was under way (the label is voided);
-    None if this label was recorded already."""
-    state: str | None = await conn.fetchval(
-        """
-        UPDATE shipments
-           SET state = CASE WHEN state = 'label_pending' THEN 'label_created'
-                            ELSE 'void_pending' END,
-               tracking_status = 'pre_transit', tracking_number = $2, label_url = $3,
-               estimated_delivery = $4, carrier_shipment_id = $5, attempts = $6,
-               carrier_pinned = $7, label_created_at = now(), next_attempt_at = now(),
-               last_error = NULL
-         WHERE shipment_id = $1 AND tracking_number IS NULL
-           AND state IN ('label_pending', 'cancelled', 'void_pending')
-        RETURNING state
-        """,
-        shipment_id,
-        tracking_number,
-        label_url,
-        estimated_delivery,
-        carrier_shipment_id,
-        attempts,
-        pinned,
-    )
-    return state
 
 
 async def lease_due_voids(
@@ -450,3 +312,140 @@ async def lease_quiet_shipments(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+# --- set-based statements of the hot path (one statement per batch, not per event) ---------
+
+
+async def remember_orders(conn: Connection, orders: list[dict[str, Any]]) -> int:
+    """Keep the orders; release shipments packed before we heard of them. Returns how many
+    were released."""
+    if not orders:
+        return 0
+    await conn.execute(
+        """
+        INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by, ship_to)
+        SELECT o, l, p, d, s::jsonb
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
+             AS n(o, l, p, d, s)
+        ON CONFLICT (order_id) DO NOTHING
+        """,
+        [o["order_id"] for o in orders],
+        [o["service_level"] for o in orders],
+        [o["placed_at"] for o in orders],
+        [o["deliver_by"] for o in orders],
+        [json.dumps(o["ship_to"]) for o in orders],
+    )
+    status = await conn.execute(
+        """
+        UPDATE shipments SET state = 'label_pending', next_attempt_at = now()
+        WHERE order_id = ANY($1::text[]) AND state = 'awaiting_order'
+        """,
+        [o["order_id"] for o in orders],
+    )
+    return int(status.split()[-1])
+
+
+async def orders_known_and_cancelled(
+    conn: Connection, order_ids: list[str]
+) -> tuple[set[str], set[str]]:
+    """Which of the orders shipping has heard of, and which of them were cancelled."""
+    if not order_ids:
+        return set(), set()
+    rows = await conn.fetch(
+        """
+        SELECT u.id,
+               EXISTS (SELECT 1 FROM shipping_orders o WHERE o.order_id = u.id) AS known,
+               EXISTS (SELECT 1 FROM cancelled_orders c WHERE c.order_id = u.id) AS cancelled
+        FROM unnest($1::text[]) AS u(id)
+        """,
+        sorted(set(order_ids)),
+    )
+    return {r["id"] for r in rows if r["known"]}, {r["id"] for r in rows if r["cancelled"]}
+
+
+async def insert_shipments(conn: Connection, shipments: list[dict[str, Any]]) -> None:
+    """New shipments with their idempotency keys, before any carrier call; a shipment known
+    already (a redelivered packing) is left as it is."""
+    if not shipments:
+        return
+    await conn.execute(
+        """
+        INSERT INTO shipments (shipment_id, order_id, warehouse_id, state, idempotency_key,
+                               ship_from, parcels, lines, trace_context)
+        SELECT i, o, w, s, k, f::jsonb, p::jsonb, l::jsonb, t::jsonb
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::text[]) AS n(i, o, w, s, k, f, p, l, t)
+        ON CONFLICT DO NOTHING
+        """,
+        [s["shipment_id"] for s in shipments],
+        [s["order_id"] for s in shipments],
+        [s["warehouse_id"] for s in shipments],
+        [s["state"] for s in shipments],
+        [s["idempotency_key"] for s in shipments],
+        [json.dumps(s["ship_from"]) if s["ship_from"] is not None else None for s in shipments],
+        [json.dumps(s["parcels"]) for s in shipments],
+        [json.dumps(s["lines"]) for s in shipments],
+        [json.dumps(s["trace_context"]) for s in shipments],
+    )
+
+
+async def choose_services(conn: Connection, choices: list[dict[str, Any]]) -> None:
+    """The carrier service chosen for each shipment, with its idempotency key."""
+    if not choices:
+        return
+    await conn.execute(
+        """
+        UPDATE shipments s SET carrier = n.c, service = n.v, estimated_delivery = n.e,
+                               at_risk = n.r, idempotency_key = n.k
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[],
+                    $6::text[]) AS n(i, c, v, e, r, k)
+        WHERE s.shipment_id = n.i
+        """,
+        [c["shipment_id"] for c in choices],
+        [c["carrier"] for c in choices],
+        [c["service"] for c in choices],
+        [c["estimated_delivery"] for c in choices],
+        [c["at_risk"] for c in choices],
+        [c["idempotency_key"] for c in choices],
+    )
+
+
+async def record_labels(conn: Connection, labels: list[dict[str, Any]]) -> dict[UUID, str]:
+    """Keep bought labels. Returns each shipment's new state: ``label_created``, or
+    ``void_pending`` when the order was cancelled while the purchase was under way (the
+    label is voided); labels recorded already are left out."""
+    if not labels:
+        return {}
+    rows = await conn.fetch(
+        """
+        UPDATE shipments s
+           SET state = CASE WHEN s.state = 'label_pending' THEN 'label_created'
+                            ELSE 'void_pending' END,
+               tracking_status = 'pre_transit', tracking_number = n.t, label_url = n.u,
+               estimated_delivery = n.e, carrier_shipment_id = n.c, attempts = n.a,
+               carrier_pinned = n.p, label_created_at = now(), next_attempt_at = now(),
+               last_error = NULL
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                      $6::int[], $7::boolean[]) AS n(i, t, u, e, c, a, p)
+         WHERE s.shipment_id = n.i AND s.tracking_number IS NULL
+           AND s.state IN ('label_pending', 'cancelled', 'void_pending')
+        RETURNING s.shipment_id, s.state
+        """,
+        [x["shipment_id"] for x in labels],
+        [x["tracking_number"] for x in labels],
+        [x["label_url"] for x in labels],
+        [x["estimated_delivery"] for x in labels],
+        [x["carrier_shipment_id"] for x in labels],
+        [x["attempts"] for x in labels],
+        [x["pinned"] for x in labels],
+    )
+    return {r["shipment_id"]: r["state"] for r in rows}
+
+
+async def next_label_due(conn: Connection) -> datetime | None:
+    """When the next label purchase is due (a retry, or a lease running out)."""
+    due: datetime | None = await conn.fetchval(
+        "SELECT min(next_attempt_at) FROM shipments WHERE state = 'label_pending'"
+    )
+    return due
