@@ -43,7 +43,7 @@ async def messaging_health(conn: Connection, *, fresh_seconds: float) -> dict[st
         """
         SELECT count(*) AS backlog,
                coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
-        FROM outbox WHERE published_at IS NULL
+        FROM outbox WHERE id > (SELECT published_through FROM outbox_relay)
         """
     )
     dead = await conn.fetch(

@@ -22,10 +22,12 @@ from shared.clock import Clock, SystemClock
 from shared.db import MigrationSource, apply_migrations, create_pool, shared_migrations
 from shared.messaging import (
     EventConsumer,
+    FetchPacer,
     OutboxRelay,
     create_broker,
     create_producer,
     ensure_topics,
+    pace_fetches,
     subscribe,
 )
 from shared.metrics import configure_metrics, forget, observe
@@ -71,6 +73,7 @@ class ServiceRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._broker: KafkaBroker | None = None
+        self._pacer: FetchPacer | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.extras: dict[str, Any] = {}
         #: run at stop, last first: clients the composition root opened
@@ -144,15 +147,21 @@ class ServiceRuntime:
         self.consumer.bind(self._pool, topic_prefix=self.kafka.topic_prefix)
         if self.consumer.topics:
             self._broker = create_broker(self.kafka, client_id=f"waybill-{self.name}")
-            subscribe(
+            self._pacer = subscribe(
                 self._broker,
                 self.consumer,
                 max_records=self.settings.consumer_batch_max,
                 batch_timeout_ms=self.settings.consumer_batch_wait_ms,
+                linger_ms=self.settings.consumer_linger_ms,
+                linger_records=self.settings.consumer_linger_records,
                 session_timeout_ms=self.kafka.session_timeout_ms,
                 heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+                pacer=FetchPacer(
+                    min_ms=self.kafka.fetch_wait_min_ms, max_ms=self.kafka.fetch_wait_max_ms
+                ),
             )
             await self._broker.start()
+            pace_fetches(self._broker, self._pacer)
         for worker in [*self.definition.workers, _watch_outbox, _watch_broker]:
             self._workers.append(
                 asyncio.create_task(self._supervise(worker), name=f"{self.name}-worker")
@@ -284,7 +293,7 @@ async def _watch_outbox(runtime: ServiceRuntime) -> None:
                 """
                 SELECT count(*) AS backlog,
                        coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
-                FROM outbox WHERE published_at IS NULL
+                FROM outbox WHERE id > (SELECT published_through FROM outbox_relay)
                 """
             )
         if row is not None:
@@ -309,6 +318,8 @@ async def _watch_broker(runtime: ServiceRuntime) -> None:
             await ensure_topics(runtime.kafka, runtime.topics())
         except Exception as exc:  # the broker is down: say so, look again next round
             log.warning("%s could not check its topics: %s", runtime.name, exc)
+        if runtime._broker is not None and runtime._pacer is not None:
+            pace_fetches(runtime._broker, runtime._pacer)  # a consumer made anew is paced too
         lag = await runtime.consumer_lag()
         runtime.extras["consumer_lag"] = lag
         async with runtime.pool.acquire() as conn:

@@ -38,6 +38,11 @@ class KafkaSettings(BaseSettings):
     #: broker also waits half of it before completing a group join
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=60_000)
+    #: a fetch waits for records as long as none came, within these bounds, and fetches
+    #: start at most every fetch_wait_min_ms (shared/messaging/fetch.py): little latency
+    #: under traffic, records of a trickle fetched together, few requests when idle
+    fetch_wait_min_ms: int = Field(default=25, ge=0, le=10_000)
+    fetch_wait_max_ms: int = Field(default=500, ge=1, le=10_000)
 
 
 class ServiceSettings(BaseSettings):
@@ -58,7 +63,12 @@ class ServiceSettings(BaseSettings):
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=8, ge=1, le=64)
     consumer_batch_max: int = Field(default=500, ge=1, le=10_000)
-    consumer_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)
+    #: the longest a poll waits for records (it returns as soon as some are there)
+    consumer_batch_wait_ms: int = Field(default=500, ge=1, le=5_000)
+    #: a batch of fewer than consumer_linger_records records waits this long for more: a
+    #: trickle of records is handled a few at a time instead of one by one (0: never waits)
+    consumer_linger_ms: int = Field(default=0, ge=0, le=1_000)
+    consumer_linger_records: int = Field(default=100, ge=1, le=10_000)
     consumer_max_attempts: int = Field(default=5, ge=1, le=50)
     consumer_retry_base_seconds: float = Field(default=0.2, gt=0, le=60)
     outbox_batch_max: int = Field(default=1000, ge=1, le=10_000)

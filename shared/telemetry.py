@@ -135,22 +135,22 @@ def spans_recorded() -> bool:
 
 
 def _instrument_clients() -> None:
-    """asyncpg queries and HTTP requests (aiohttp: carriers; httpx: the other services)
-    become spans of the current trace. Query parameters are not captured: they can hold
-    names and addresses."""
+    """asyncpg queries and httpx requests (the calls between services) become spans of the
+    current trace; carrier calls (aiohttp) do too, through their session
+    (shared/carriers/http.py). Query parameters are not captured: they can hold names and
+    addresses."""
     try:
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    except ImportError:  # pragma: no cover - all three are dependencies of the project
-        log.warning("asyncpg and HTTP client instrumentation are not installed: no client spans")
+    except ImportError:  # pragma: no cover - both are dependencies of the project
+        log.warning("asyncpg and httpx instrumentation are not installed: no client spans")
         return
     asyncpg_instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
     if not asyncpg_instrumentor.is_instrumented_by_opentelemetry:
         asyncpg_instrumentor.instrument()
-    for instrumentor in (HTTPXClientInstrumentor(), AioHttpClientInstrumentor()):
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument()
+    httpx_instrumentor = HTTPXClientInstrumentor()
+    if not httpx_instrumentor.is_instrumented_by_opentelemetry:
+        httpx_instrumentor.instrument()
 
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")

@@ -50,6 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared import topics
 from shared.infra import Infrastructure, start_infrastructure
+from shared.messaging.fetch import FetchPacer
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
 from waybill.processes import Child, ProcessSystem, SystemOptions
@@ -71,7 +72,7 @@ class BenchOptions:
     orders: int = 20_000
     full: bool = False
     replicas: int = 1
-    partitions: int = 6
+    partitions: int = 2
     latency_seconds: float = 20.0
     low_rate: float = LOW_RATE
     idle_seconds: float = 10.0
@@ -171,15 +172,18 @@ class TopicWatch:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.on_record: list[Any] = []
+        self.pacer = FetchPacer(min_ms=5, max_ms=500)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
-            fetch_max_wait_ms=5,
+            fetch_max_wait_ms=self.pacer.max_ms,
             max_partition_fetch_bytes=4 * 2**20,
             **client_options(self.kafka),
         )
         await consumer.start()
+        # the shop's watch fetches the way the services do (shared/messaging/fetch.py)
+        self.pacer.attach(consumer)
         # topics created a moment ago may not be in the broker's metadata yet
         deadline = time.monotonic() + 30
         while True:
@@ -202,6 +206,9 @@ class TopicWatch:
         prefix = self.kafka.topic_prefix
         while True:
             batches = await self._consumer.getmany(timeout_ms=50, max_records=10_000)
+            if not batches:
+                continue
+            self.pacer.records_seen()
             now = time.monotonic()
             for tp, records in batches.items():
                 seen = self.first_seen[tp.topic.removeprefix(prefix)]
@@ -214,14 +221,20 @@ class TopicWatch:
                         seen[key] = now
                         for callback in self.on_record:
                             callback(tp.topic.removeprefix(prefix), key, record.value)
+            # at most a hundred fetches a second: the times seen are within 10 ms, and the
+            # shop's watch does not cost the broker more than the system it measures
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop watching (a second call does nothing); what was seen stays."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+                await task
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
 
     def count(self, topic: str, keys: Iterable[str]) -> int:
         seen = self.first_seen[topic]
@@ -250,6 +263,10 @@ class PhaseResult:
     latency_ms: dict[str, float]
     cpu_ms_per_order: float
     cpu_seconds: dict[str, float]
+    #: per order: database transactions committed and rows written (pg_stat_database)
+    database_per_order: dict[str, float] = field(default_factory=dict)
+    #: p50 and p99 of each hop: placed -> accepted -> packed -> label (ms)
+    hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     #: --full: placed -> return decision
     lifecycle: dict[str, float] | None = None
 
@@ -325,7 +342,8 @@ class Bench:
         self.sent_at: dict[str, float] = {}
         self.received: Counter[str] = Counter()
         self.progress = Progress(sys.stderr)
-        watched = [topics.SHIPMENTS_LABEL_CREATED]
+        # the hops of the path, to tell where an order's time goes
+        watched = [topics.ORDERS_ACCEPTED, topics.ORDERS_PACKED, topics.SHIPMENTS_LABEL_CREATED]
         if options.full:
             watched += [
                 topics.SHIPMENTS_SHIPPED,
@@ -457,6 +475,7 @@ class Bench:
         self.progress.start(describe)
         profilers = await self.start_profilers(name)
         cpu_before = self.meter.cpu()
+        db_before = await self.database_counters()
         started = time.monotonic()
         deliveries: list[asyncio.Future[Any]] = []
         try:
@@ -474,6 +493,7 @@ class Bench:
             await self.stop_profilers(profilers)
         finished = max(self.decided(i) or 0.0 for i in ids) if self.options.full else None
         cpu_after = self.meter.cpu()
+        db_after = await self.database_counters()
         label_times = sorted(labels[i] for i in ids)
         last = label_times[-1]
         latencies = [(labels[i] - self.sent_at[i]) * 1000 for i in ids]
@@ -485,6 +505,21 @@ class Bench:
             if span > 0:
                 steady = (last_steady - first) / span
         cpu = cpu_delta(cpu_before, cpu_after)
+        seen = self.watch.first_seen
+        accepted, packed = seen[topics.ORDERS_ACCEPTED], seen[topics.ORDERS_PACKED]
+        stages = {
+            "placed->accepted": [
+                (accepted[i] - self.sent_at[i]) * 1000 for i in ids if i in accepted
+            ],
+            "accepted->packed": [
+                (packed[i] - accepted[i]) * 1000 for i in ids if i in packed and i in accepted
+            ],
+            "packed->label": [(labels[i] - packed[i]) * 1000 for i in ids if i in packed],
+        }
+        hops_ms = {
+            hop: {"p50": round(percentile(v, 0.5), 1), "p99": round(percentile(v, 0.99), 1)}
+            for hop, v in stages.items()
+        }
         lifecycle = None
         if finished is not None:
             decided = [((self.decided(i) or 0.0) - self.sent_at[i]) * 1000 for i in ids]
@@ -509,6 +544,10 @@ class Bench:
             },
             cpu_ms_per_order=round(sum(cpu.values()) * 1000 / n, 3),
             cpu_seconds=cpu,
+            database_per_order={
+                k: round((db_after[k] - db_before[k]) / n, 2) for k in db_after if k in db_before
+            },
+            hops_ms=hops_ms,
             lifecycle=lifecycle,
         )
 
@@ -548,6 +587,22 @@ class Bench:
         for profiler in profilers:
             await profiler.wait()
 
+    async def database_counters(self) -> dict[str, float]:
+        """What PostgreSQL has done so far in the system's database."""
+        conn = await asyncpg.connect(self.infra.admin_dsn)
+        try:
+            row = await conn.fetchrow(
+                """
+                SELECT xact_commit AS transactions,
+                       tup_inserted + tup_updated + tup_deleted AS rows_written,
+                       tup_inserted AS rows_inserted, tup_updated AS rows_updated
+                FROM pg_stat_database WHERE datname = current_database()
+                """
+            )
+        finally:
+            await conn.close()
+        return {k: float(v) for k, v in dict(row or {}).items()}
+
     async def _wait_done(self, ids: Sequence[str], *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.done_count(ids) < len(ids):
@@ -561,6 +616,7 @@ class Bench:
 
     async def idle(self) -> tuple[float, dict[str, float]]:
         self.say(f"idle: measuring the CPU of the idle system for {self.options.idle_seconds} s")
+        await self.watch.stop()  # the shop stops watching: only the system's own CPU counts
         await asyncio.sleep(2.0)  # let the last acknowledgements and relays settle
         before = self.meter.cpu()
         started = time.monotonic()
@@ -914,6 +970,17 @@ def render(result: BenchResult) -> str:
             f"{p.latency_ms['p50']:>9.0f}{p.latency_ms['p95']:>9.0f}{p.latency_ms['p99']:>9.0f}"
             f"{p.cpu_ms_per_order:>14.2f}"
         )
+        if p.database_per_order:
+            d = p.database_per_order
+            lines.append(
+                f"{'':<22}per order: {d.get('transactions', 0):.1f} transactions, "
+                f"{d.get('rows_written', 0):.1f} rows written"
+            )
+        if p.hops_ms:
+            lines.append(
+                f"{'':<22}hops p50/p99 ms: "
+                + ", ".join(f"{h} {v['p50']:.0f}/{v['p99']:.0f}" for h, v in p.hops_ms.items())
+            )
         if p.lifecycle:
             lines.append(
                 f"{'  to return decision':<22}{'':>8}{p.lifecycle['orders_per_second']:>10.1f}"

@@ -7,7 +7,8 @@ do at least: consume, one database transaction with the inbox and the outbox, pu
 mark the outbox rows sent, commit the offset. Nothing else.
 
 - ``batched`` (the ceiling): a batch of records, one transaction (``unnest`` inserts), the
-  batch published together, one offset commit per batch.
+  batch published together, the outbox marked published by a watermark as Waybill's relay
+  does, one offset commit per batch.
 - ``naive`` (the baseline): the obvious FastStream subscriber, one record, one transaction
   and one awaited publish at a time.
 
@@ -37,8 +38,10 @@ CREATE TABLE IF NOT EXISTS {schema}.inbox (
     PRIMARY KEY (consumer, event_id));
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id bigserial PRIMARY KEY, event_id uuid NOT NULL, topic text NOT NULL, key text,
-    payload bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz);
+    payload bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {schema}.outbox_relay (
+    singleton boolean PRIMARY KEY DEFAULT true, published_through bigint NOT NULL);
+INSERT INTO {schema}.outbox_relay (published_through) VALUES (0) ON CONFLICT DO NOTHING;
 """
 
 BATCH_MAX = 1000
@@ -117,10 +120,11 @@ async def run_batched(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 )
             sent = [await producer.send(target, r.value, key=r.key) for _, r in emitted]
             await asyncio.gather(*sent)
-            await pool.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in outbox_ids],
-            )
+            if outbox_ids:  # published through the batch's last row (Waybill's relay does so)
+                await pool.execute(
+                    "UPDATE outbox_relay SET published_through = $1",
+                    max(row["id"] for row in outbox_ids),
+                )
             offsets = {
                 TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
                 for tp, part in batches.items()
@@ -172,7 +176,7 @@ async def run_naive(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 )
         if outbox_id is not None:
             await broker.publish(body, target, key=key)
-            await pool.execute("UPDATE outbox SET published_at = now() WHERE id = $1", outbox_id)
+            await pool.execute("UPDATE outbox_relay SET published_through = $1", outbox_id)
         await message.ack()
 
     await broker.start()

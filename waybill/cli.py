@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help="every order on to delivery and a return decision"
     )
     bench.add_argument("--replicas", type=int, default=1, help="instances of each service")
-    bench.add_argument("--partitions", type=int, default=6, help="partitions per topic")
+    bench.add_argument("--partitions", type=int, default=2, help="partitions per topic")
     bench.add_argument(
         "--latency-seconds", type=float, default=20.0, help="length of each fixed-rate phase"
     )

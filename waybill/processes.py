@@ -30,6 +30,8 @@ from waybill.system import DEFAULT_PORTS, SERVICES
 
 ROLES = ("shop", "warehouse", "ops", "admin")
 READY_SECONDS = 90.0
+#: partitions per topic on the embedded broker (WAYBILL_KAFKA_TOPIC_PARTITIONS overrides)
+EMBEDDED_PARTITIONS = 2
 
 
 def free_port() -> int:
@@ -153,6 +155,10 @@ class ProcessSystem:
         }
         if self.options.autopick:
             base_env["WAYBILL_AUTOPICK"] = "1"
+        if self.infra.kafka_kind == "embedded":
+            # the embedded broker's fetches cost it per partition fetched (INFRA.md, and
+            # docs/performance.md): on one machine, two partitions per topic are plenty
+            base_env.setdefault("WAYBILL_KAFKA_TOPIC_PARTITIONS", str(EMBEDDED_PARTITIONS))
         python = [sys.executable, "-m", "waybill.cli"]
         logs = self.options.logs
         sandbox_argv = [

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from shared import telemetry
 from shared.carriers.base import CarrierError
 
 #: connections kept open to a carrier API: more than the purchaser ever has in flight
@@ -37,13 +38,20 @@ def carrier_session(
     headers: Mapping[str, str] | None = None,
 ) -> aiohttp.ClientSession:
     """A session for one carrier API: keep-alive connections, one timeout for the whole
-    call and for getting a connection."""
+    call and for getting a connection. Its requests are spans of the current trace when
+    spans are recorded (when none are, tracing each request would only cost CPU)."""
+    trace_configs = []
+    if telemetry.spans_recorded():
+        from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+        trace_configs.append(create_trace_config())
     return aiohttp.ClientSession(
         base_url=base_url.rstrip("/") + "/",
         timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=timeout_seconds),
         connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=MAX_CONNECTIONS),
         headers=dict(headers or {}),
         raise_for_status=False,
+        trace_configs=trace_configs,
     )
 
 

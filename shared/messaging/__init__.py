@@ -1,6 +1,6 @@
 """Kafka messaging: consumer runtime, broker factory, outbox relay."""
 
-from shared.messaging.broker import create_broker, subscribe
+from shared.messaging.broker import create_broker, pace_fetches, subscribe
 from shared.messaging.consumer import (
     EventConsumer,
     InvalidEvent,
@@ -8,11 +8,13 @@ from shared.messaging.consumer import (
     Route,
     field_errors_of,
 )
+from shared.messaging.fetch import FetchPacer
 from shared.messaging.kafka import client_options, create_producer, ensure_topics
 from shared.messaging.relay import OutboxRelay
 
 __all__ = [
     "EventConsumer",
+    "FetchPacer",
     "InvalidEvent",
     "OutboxRelay",
     "PermanentFailure",
@@ -22,5 +24,6 @@ __all__ = [
     "create_producer",
     "ensure_topics",
     "field_errors_of",
+    "pace_fetches",
     "subscribe",
 ]

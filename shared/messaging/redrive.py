@@ -29,7 +29,8 @@ async def republish_order(uow: UnitOfWork, *, order_id: str, request_id: str) ->
     rows = await uow.conn.fetch(
         """
         SELECT id FROM outbox
-        WHERE key = $1 AND redrive_of IS NULL AND published_at IS NOT NULL AND topic <> $2
+        WHERE key = $1 AND redrive_of IS NULL AND topic <> $2
+          AND id <= (SELECT published_through FROM outbox_relay)
         """,
         order_id,
         topics.ORDERS_REDRIVE_REQUESTED,  # the requests themselves are not repeated

@@ -7,12 +7,13 @@ unpublished rows in ``id`` order and sends them in that order; rows of one key g
 partition in send order. Nothing waits for unrelated transactions: a long transaction of
 another service, or of this one that has not written its outbox yet, holds nobody back.
 
-One relay per service is active at a time (a session advisory lock); others wait as
+What is published is one watermark, ``outbox_relay.published_through``: every row up to
+it. One relay per service is active at a time (a session advisory lock); others wait as
 stand-bys. It wakes on ``NOTIFY`` (sent by every transaction that writes the outbox) and
-polls as a fallback. A crash between the publish and the ``published_at`` update publishes
+polls as a fallback. A crash between the publish and the watermark's update publishes
 again: consumers' inboxes absorb it. That is also why the update is committed
 asynchronously (``synchronous_commit = off``): losing it in a crash costs a re-send, never
-an event.
+an event. Setting the watermark back publishes everything after it again.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class OutboxRelay:
             """
             SELECT id, topic, key, payload, headers
             FROM outbox
-            WHERE published_at IS NULL
+            WHERE id > (SELECT published_through FROM outbox_relay)
             ORDER BY id
             LIMIT $1
             """,
@@ -144,8 +145,11 @@ class OutboxRelay:
             )
         await asyncio.gather(*deliveries)
         await db.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-            [r["id"] for r in rows],
+            """
+            UPDATE outbox_relay SET published_through = $1, updated_at = now()
+            WHERE published_through < $1
+            """,
+            rows[-1]["id"],
         )
         self.published_total += len(rows)
         return len(rows)
