@@ -100,7 +100,8 @@ def create_service_app(
     @app.get("/ops/health", dependencies=[Depends(require_role("ops"))], tags=["ops"])
     async def ops_health(request: Request) -> dict[str, Any]:
         """This service's plumbing: outbox backlog, dead letters not replayed, consumer lag
-        per topic and, where labels are bought, each carrier's circuit in this process."""
+        per topic, what this instance's consumer handled (records and the batches they came
+        in) and, where labels are bought, each carrier's circuit in this process."""
         runtime = runtime_of(request)
         async with runtime.pool.acquire() as conn:
             health = await messaging_health(
@@ -108,7 +109,9 @@ def create_service_app(
             )
         purchaser = runtime.extras.get("purchaser")
         carriers = purchaser.circuits() if purchaser is not None else None
-        return {"service": runtime.name, **health, "carriers": carriers}
+        consumer = runtime.consumer
+        handled = {"batches": consumer.batches, "records": consumer.records}
+        return {"service": runtime.name, **health, "consumed": handled, "carriers": carriers}
 
     for router in routers:
         app.include_router(router)

@@ -263,6 +263,8 @@ class PhaseResult:
     latency_ms: dict[str, float]
     cpu_ms_per_order: float
     cpu_seconds: dict[str, float]
+    #: records per batch each service's consumers took from the broker
+    batch_sizes: dict[str, float] = field(default_factory=dict)
     #: per order: database transactions committed and rows written (pg_stat_database)
     database_per_order: dict[str, float] = field(default_factory=dict)
     #: p50 and p99 of each hop: placed -> accepted -> packed -> label (ms)
@@ -476,6 +478,7 @@ class Bench:
         profilers = await self.start_profilers(name)
         cpu_before = self.meter.cpu()
         db_before = await self.database_counters()
+        consumed_before = await self.consumed()
         started = time.monotonic()
         deliveries: list[asyncio.Future[Any]] = []
         try:
@@ -494,6 +497,7 @@ class Bench:
         finished = max(self.decided(i) or 0.0 for i in ids) if self.options.full else None
         cpu_after = self.meter.cpu()
         db_after = await self.database_counters()
+        consumed_after = await self.consumed()
         label_times = sorted(labels[i] for i in ids)
         last = label_times[-1]
         latencies = [(labels[i] - self.sent_at[i]) * 1000 for i in ids]
@@ -548,6 +552,15 @@ class Bench:
                 k: round((db_after[k] - db_before[k]) / n, 2) for k in db_after if k in db_before
             },
             hops_ms=hops_ms,
+            batch_sizes={
+                name: round(
+                    (records - consumed_before[name][1])
+                    / max(1, batches - consumed_before[name][0]),
+                    1,
+                )
+                for name, (batches, records) in consumed_after.items()
+                if name in consumed_before
+            },
             lifecycle=lifecycle,
         )
 
@@ -586,6 +599,20 @@ class Bench:
                 profiler.send_signal(signal.SIGINT)
         for profiler in profilers:
             await profiler.wait()
+
+    async def consumed(self) -> dict[str, tuple[int, int]]:
+        """Batches and records each service instance's consumer has handled so far."""
+        ops = {"Authorization": f"Bearer {self.system.tokens['ops']}"}
+        counts: dict[str, tuple[int, int]] = {}
+        for child in self.system.children:
+            if child.name == "sandbox":
+                continue
+            url = self.system.instance_url(child.name)
+            r = await self.http.get(f"{url}/ops/health", headers=ops)
+            r.raise_for_status()
+            consumed = r.json()["consumed"]
+            counts[child.name] = (consumed["batches"], consumed["records"])
+        return counts
 
     async def database_counters(self) -> dict[str, float]:
         """What PostgreSQL has done so far in the system's database."""
@@ -975,6 +1002,11 @@ def render(result: BenchResult) -> str:
             lines.append(
                 f"{'':<22}per order: {d.get('transactions', 0):.1f} transactions, "
                 f"{d.get('rows_written', 0):.1f} rows written"
+            )
+        if p.batch_sizes:
+            lines.append(
+                f"{'':<22}records per batch: "
+                + ", ".join(f"{name} {size:g}" for name, size in p.batch_sizes.items())
             )
         if p.hops_ms:
             lines.append(

@@ -129,6 +129,10 @@ class ProcessSystem:
     def instances(self, service: str) -> list[Child]:
         return [c for c in self.children if c.name.split("#")[0] == service]
 
+    def instance_url(self, name: str) -> str:
+        """Where the named process (``orders``, ``orders#2``, ``sandbox``) answers."""
+        return self._child_urls[name]
+
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.children if c.pid is not None}
 

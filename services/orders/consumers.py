@@ -7,6 +7,7 @@ never reads another service's tables.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -48,30 +49,63 @@ async def _ignore(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
     return True  # the service that owns this inbound topic answers invalid input
 
 
-def _progress(
-    consumer: EventConsumer,
-    model: type[E],
-    status: str,
-    *,
-    at: Callable[[E], datetime] = lambda e: e.occurred_at,
-    detail: Callable[[E], dict[str, Any]] = lambda e: {},
-    ignore_invalid: bool = False,
-    then: Callable[[Sequence[E], UnitOfWork], Awaitable[None]] | None = None,
-) -> None:
-    """Follow ``model``'s topic: each event adds ``status`` to its order's timeline (and
-    ``then`` does what else the events mean, in the same transaction). A batch of the
-    topic's events is a constant number of statements."""
+@dataclass(frozen=True)
+class _Follow:
+    progress: Callable[[Any], list[handlers.Progress]]
+    then: Callable[[Sequence[Any], UnitOfWork], Awaitable[None]] | None
 
-    @consumer.handles_batch(model, on_invalid=_ignore if ignore_invalid else None)
-    async def follow(events: Sequence[E], uow: UnitOfWork) -> None:
-        progress = [
-            handlers.Progress(order_id, status, at(e), model.TOPIC, e.event_id, detail(e))
-            for e in events
-            if (order_id := e.partition_key()) is not None
-        ]
+
+class _Timeline:
+    """The topics whose events add to their orders' timelines and move their status
+    forward: a batch's events of all of them are handled in one call, a constant number of
+    statements for the lot (an order's reservation, pick list and packing, which come
+    together, cost one status update)."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+        self._follows: dict[type[Event], _Follow] = {}
+
+    def follow(
+        self,
+        model: type[E],
+        status: str,
+        *,
+        at: Callable[[E], datetime] = lambda e: e.occurred_at,
+        detail: Callable[[E], dict[str, Any]] = lambda e: {},
+        orders: Callable[[E], list[str]] | None = None,
+        ignore_invalid: bool = False,
+        then: Callable[[Sequence[E], UnitOfWork], Awaitable[None]] | None = None,
+    ) -> None:
+        """Each event of ``model`` adds ``status`` to the timeline of its order (or of each
+        order ``orders`` names); ``then`` does what else the events mean, in the same
+        transaction."""
+
+        def progress(event: E) -> list[handlers.Progress]:
+            order_ids = orders(event) if orders is not None else [event.partition_key()]
+            return [
+                handlers.Progress(
+                    order_id, status, at(event), model.TOPIC, event.event_id, detail(event)
+                )
+                for order_id in order_ids
+                if order_id is not None
+            ]
+
+        self._follows[model] = _Follow(progress, then)
+        register = self._consumer.handles_batch(
+            model, on_invalid=_ignore if ignore_invalid else None, together="timeline"
+        )
+        register(self._handle)
+
+    async def _handle(self, events: Sequence[Event], uow: UnitOfWork) -> None:
+        progress = [p for e in events for p in self._follows[type(e)].progress(e)]
         await handlers.record_progress_batch(uow, progress)
-        if then is not None:
-            await then(events, uow)
+        by_model: dict[type[Event], list[Event]] = {}
+        for e in events:
+            by_model.setdefault(type(e), []).append(e)
+        for model, of_model in by_model.items():
+            then = self._follows[model].then
+            if then is not None:
+                await then(of_model, uow)
 
 
 def _meets(
@@ -119,40 +153,26 @@ def build_consumer(
     async def on_cancellation_requested(event: OrderCancellationRequested, uow: UnitOfWork) -> None:
         await handlers.cancel_order(event, uow)
 
-    @consumer.handles_batch(PicklistCreated)
-    async def on_picklists_created(events: Sequence[PicklistCreated], uow: UnitOfWork) -> None:
-        await handlers.record_progress_batch(
-            uow,
-            [
-                handlers.Progress(
-                    order_id,
-                    "picking",
-                    event.occurred_at,
-                    event.TOPIC,
-                    event.event_id,
-                    {"picklist_id": str(event.picklist_id), "warehouse_id": event.warehouse_id},
-                )
-                for event in events
-                for order_id in dict.fromkeys(line.order_id for line in event.lines)
-            ],
-        )
-
-    _progress(
-        consumer,
+    timeline = _Timeline(consumer)
+    timeline.follow(
+        PicklistCreated,
+        "picking",
+        detail=lambda e: {"picklist_id": str(e.picklist_id), "warehouse_id": e.warehouse_id},
+        orders=lambda e: list(dict.fromkeys(line.order_id for line in e.lines)),
+    )
+    timeline.follow(
         StockReserved,
         "reserved",
         detail=lambda e: {"allocations": [a.model_dump() for a in e.allocations]},
     )
-    _progress(
-        consumer,
+    timeline.follow(
         StockBackordered,
         "backordered",
         detail=lambda e: {"missing": [m.model_dump() for m in e.missing]},
     )
-    _progress(consumer, StockReleased, "stock_released")
-    _progress(consumer, OrderPacked, "packed", detail=lambda e: {"warehouse_id": e.warehouse_id})
-    _progress(
-        consumer,
+    timeline.follow(StockReleased, "stock_released")
+    timeline.follow(OrderPacked, "packed", detail=lambda e: {"warehouse_id": e.warehouse_id})
+    timeline.follow(
         ShipmentLabelCreated,
         "label_created",
         detail=lambda e: {
@@ -163,29 +183,25 @@ def build_consumer(
         },
     )
     # the first parcel handed over meets dispatch, the first delivered meets delivery
-    _progress(
-        consumer,
+    timeline.follow(
         ShipmentShipped,
         "shipped",
         at=lambda e: e.shipped_at,
         then=_meets("dispatch", lambda e: e.shipped_at),
     )
-    _progress(
-        consumer,
+    timeline.follow(
         ShipmentDelivered,
         "delivered",
         at=lambda e: e.delivered_at,
         detail=lambda e: {"source": e.source, "shipment_id": str(e.shipment_id)},
         then=_meets("delivery", lambda e: e.delivered_at),
     )
-    _progress(
-        consumer,
+    timeline.follow(
         ShipmentException,
         "shipment_exception",
         detail=lambda e: {"status": e.status, "detail": e.detail},
     )
-    _progress(
-        consumer,
+    timeline.follow(
         SlaBreached,
         "sla_breached",
         detail=lambda e: {"stage": e.stage, "deadline": e.deadline.isoformat()},
@@ -234,12 +250,11 @@ def build_consumer(
     async def on_exchange_requested(event: ExchangeRequested, uow: UnitOfWork) -> None:
         await handlers.exchange(event, uow, promises=promises, now=clock.now())
 
-    _progress(consumer, ReturnReceived, "returned", detail=lambda e: {"return_id": e.return_id})
-    _progress(
-        consumer,
+    timeline.follow(ReturnReceived, "returned", detail=lambda e: {"return_id": e.return_id})
+    timeline.follow(
         RefundRequested,
         "refund_requested",
         detail=lambda e: {"amount": str(e.amount), "currency": e.currency},
     )
-    _progress(consumer, StockRestocked, "restocked", detail=lambda e: {"sku": e.sku})
+    timeline.follow(StockRestocked, "restocked", detail=lambda e: {"sku": e.sku})
     return consumer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from services.shipping import handlers
@@ -34,7 +35,7 @@ async def buy_labels(runtime: ServiceRuntime) -> None:
     purchaser: LabelPurchaser = runtime.extras["purchaser"]
     lease = handlers.lease_for(runtime.extras["carrier_timeout_seconds"])
     book = handlers.LabelBook(runtime.pool, runtime.schema)
-    running: set[asyncio.Task[None]] = set()
+    running: set[asyncio.Task[bool]] = set()
     try:
         async with ChannelListener(runtime.dsn, repo.LABELS_CHANNEL) as listener:
             while True:
@@ -51,7 +52,7 @@ async def buy_labels(runtime: ServiceRuntime) -> None:
                     task = asyncio.create_task(_purchase(runtime, purchaser, book, shipment))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                    task.add_done_callback(lambda _: listener.wake())
+                    task.add_done_callback(partial(_after_purchase, listener, running))
                 if due and len(due) == room:
                     continue  # more may be due: look again as soon as there is room
                 await listener.wait(seconds=wait)
@@ -60,6 +61,16 @@ async def buy_labels(runtime: ServiceRuntime) -> None:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await book.close()
+
+
+def _after_purchase(
+    listener: ChannelListener, running: set[asyncio.Task[bool]], task: asyncio.Task[bool]
+) -> None:
+    """A purchase ended: look again if that made room the worker was waiting for, or if it
+    is to be tried again (its next try may be due before the worker would look)."""
+    retry = task.cancelled() or task.exception() is not None or task.result()
+    if retry or len(running) >= PURCHASES_AT_ONCE - LEASE_AT_LEAST:
+        listener.wake()
 
 
 async def _until_due(conn: Any, *, cap: float) -> float:
@@ -74,7 +85,8 @@ async def _purchase(
     purchaser: LabelPurchaser,
     book: handlers.LabelBook,
     shipment: dict[str, Any],
-) -> None:
+) -> bool:
+    """One try at a label; True when it is to be tried again."""
     try:
         attempt = await handlers.buy_label_once(
             shipment, purchaser=purchaser, book=book, now=runtime.clock.now()
@@ -82,7 +94,7 @@ async def _purchase(
     except Exception:
         # the lease runs out and another try takes the shipment (with the same key)
         log.exception("label purchase for %s failed", shipment["order_id"])
-        return
+        return True
     if attempt.label is None and not attempt.exhausted:
         log.warning(
             "label for %s not bought (%d carrier calls so far): %s; next try in %.1f s",
@@ -91,6 +103,8 @@ async def _purchase(
             attempt.error,
             attempt.retry_in or 0,
         )
+        return True
+    return False
 
 
 async def void_labels(runtime: ServiceRuntime) -> None:

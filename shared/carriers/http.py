@@ -29,6 +29,10 @@ from shared.carriers.base import CarrierError
 #: connections kept open to a carrier API: more than the purchaser ever has in flight
 #: (shared/carriers/pacing.py), so that no request waits for one or pays for a new one
 MAX_CONNECTIONS = 128
+#: an idle connection is closed after this long: before the server would close it (common
+#: web servers, uvicorn among them, close idle ones after 5 s), so that a request is never
+#: written to a connection the server has just closed (seen: "connection reset by peer")
+KEEPALIVE_SECONDS = 4.0
 
 
 def carrier_session(
@@ -48,7 +52,11 @@ def carrier_session(
     return aiohttp.ClientSession(
         base_url=base_url.rstrip("/") + "/",
         timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=timeout_seconds),
-        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=MAX_CONNECTIONS),
+        connector=aiohttp.TCPConnector(
+            limit=MAX_CONNECTIONS,
+            limit_per_host=MAX_CONNECTIONS,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+        ),
         headers=dict(headers or {}),
         raise_for_status=False,
         trace_configs=trace_configs,

@@ -16,6 +16,14 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a pool connection needs on release: nothing beyond what asyncpg always does
+    (an open transaction is rolled back). Pool connections keep no session state: LISTEN,
+    session advisory locks and SET live on dedicated connections (the relay, listeners,
+    migrations). asyncpg's default reset costs a statement (UNLISTEN, RESET ALL, ...) on
+    every release, that is on every transaction of every service."""
+
+
 async def create_pool(
     dsn: str, *, schema: str, min_size: int = 2, max_size: int = 8
 ) -> asyncpg.Pool:
@@ -25,6 +33,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_keep_session,
         server_settings={"search_path": schema, "application_name": f"waybill-{schema}"},
     )
     return pool

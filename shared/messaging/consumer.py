@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -101,6 +102,9 @@ class Route(Generic[E]):
     max_bytes: int | None = None
     #: takes every new event of the topic in a batch at once (set-based handlers)
     batch_handler: BatchHandler[E] | None = None
+    #: routes with the same name here share their batch handler: it takes the new events
+    #: of all their topics in one call, in the order the batch brought them
+    together: str | None = None
 
 
 K = TypeVar("K")
@@ -173,6 +177,9 @@ class EventConsumer:
         self.dead_lettered = 0
         self.handled = 0
         self.duplicates = 0
+        #: batches taken from the broker and the records they held (this instance)
+        self.batches = 0
+        self.records = 0
 
     # -- registration -------------------------------------------------------------
 
@@ -199,8 +206,11 @@ class EventConsumer:
         *,
         on_invalid: InvalidHandler | None = None,
         max_bytes: int | None = None,
+        together: str | None = None,
     ) -> Callable[[BatchHandler[E]], BatchHandler[E]]:
-        """Register ``handler`` for ``model.TOPIC``; it takes all of a batch's new events."""
+        """Register ``handler`` for ``model.TOPIC``; it takes all of a batch's new events.
+        ``together``: one call for the events of every topic registered under that name
+        (with the same handler)."""
 
         def register(handler: BatchHandler[E]) -> BatchHandler[E]:
             self.add_route(
@@ -210,6 +220,7 @@ class EventConsumer:
                     on_invalid=on_invalid,
                     max_bytes=max_bytes,
                     batch_handler=handler,
+                    together=together,
                 )
             )
             return handler
@@ -219,6 +230,10 @@ class EventConsumer:
     def add_route(self, route: Route[Any]) -> None:
         if route.topic in self._routes:
             raise ValueError(f"{route.topic} already has a handler in {self.group_id}")
+        if route.together is not None:
+            partners = [r for r in self._routes.values() if r.together == route.together]
+            if any(r.batch_handler != route.batch_handler for r in partners):
+                raise ValueError(f"routes together as {route.together!r} share one handler")
         self._routes[route.topic] = route
 
     @property
@@ -285,6 +300,8 @@ class EventConsumer:
         """Handle a batch; returns once every record is handled or dead-lettered."""
         if not records:
             return
+        self.batches += 1
+        self.records += len(records)
         deliveries = [self.decode(r) for r in records]
         wait = self.retry_base_seconds
         while True:
@@ -313,7 +330,9 @@ class EventConsumer:
         claimed = await uow.claim_many(
             [(self.inbox_name(d.topic), d.dedupe_id) for d in deliveries if d.undecodable is None]
         )
-        by_topic: dict[str, list[Delivery]] = {}
+        # Topics are independent streams (their relative order was never defined); within
+        # a topic, or a group of topics handled together, records keep the batch's order.
+        units: dict[str, list[Delivery]] = {}
         for d in deliveries:
             if d.undecodable is not None:
                 await self._dead_letter(uow, d, d.undecodable, "UndecodableRecord", attempts=1)
@@ -323,25 +342,24 @@ class EventConsumer:
                 self.duplicates += 1  # a redelivery, a re-published outbox row, a resend
                 continue
             claimed.discard(entry)  # a second copy in this same batch is a duplicate too
-            by_topic.setdefault(d.topic, []).append(d)
-        # Topics are independent streams (their relative order was never defined); within
-        # a topic, records keep the order the batch brought them in.
-        for topic, fresh in by_topic.items():
-            await self._dispatch_topic(self._routes[topic], fresh, uow)
+            route = self._routes[d.topic]
+            units.setdefault(route.together or d.topic, []).append(d)
+        for unit, fresh in units.items():
+            await self._dispatch_unit(unit, fresh, uow)
             self.handled += len(fresh)
-            metrics.events_handled.add(len(fresh), {"service": self.schema, "topic": topic})
+            for topic, n in Counter(d.topic for d in fresh).items():
+                metrics.events_handled.add(n, {"service": self.schema, "topic": topic})
 
-    async def _dispatch_topic(
-        self, route: Route[Any], fresh: list[Delivery], uow: UnitOfWork
-    ) -> None:
+    async def _dispatch_unit(self, unit: str, fresh: list[Delivery], uow: UnitOfWork) -> None:
         valid: list[Delivery] = []
         for d in fresh:
             if d.event is not None:
                 valid.append(d)
                 continue
             # an invalid record is answered in its place among the valid ones
-            await self._dispatch_events(route, valid, uow)
+            await self._dispatch_events(unit, valid, uow)
             valid = []
+            route = self._routes[d.topic]
             assert d.invalid is not None
             with telemetry.use_span(self._record_span(d)):
                 handled = route.on_invalid is not None and await route.on_invalid(d.invalid, uow)
@@ -349,13 +367,14 @@ class EventConsumer:
                     await self._dead_letter(
                         uow, d, d.invalid.describe(), "ValidationError", attempts=1
                     )
-        await self._dispatch_events(route, valid, uow)
+        await self._dispatch_events(unit, valid, uow)
 
     async def _dispatch_events(
-        self, route: Route[Any], deliveries: list[Delivery], uow: UnitOfWork
+        self, unit: str, deliveries: list[Delivery], uow: UnitOfWork
     ) -> None:
         if not deliveries:
             return
+        route = self._routes[deliveries[0].topic]
         if route.batch_handler is None:
             assert route.handler is not None
             for d in deliveries:
@@ -374,7 +393,7 @@ class EventConsumer:
                     await route.batch_handler(events, uow)
             else:
                 # a statement serves the whole batch: its spans go to the batch's own trace
-                with telemetry.batch_span(route.topic, service=self.schema, spans=spans):
+                with telemetry.batch_span(unit, service=self.schema, spans=spans):
                     await route.batch_handler(events, uow)
         except BaseException as exc:
             for span in spans:

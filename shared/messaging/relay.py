@@ -102,9 +102,9 @@ class OutboxRelay:
             await conn.add_listener(outbox_channel(self._schema), self._on_notify)
             while True:
                 self._wake.clear()
-                published = await self.publish_batch(conn)
-                if published:
-                    continue  # more may have committed meanwhile: look again at once
+                if await self.publish_batch(conn) >= self._batch_max:
+                    continue  # a full batch: more are waiting
+                # rows committed meanwhile sent their NOTIFY: the wait returns at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
         finally:
