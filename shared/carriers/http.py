@@ -118,18 +118,9 @@ async def call_carrier(
         raise CarrierError(
             f"{method} {path} failed: {exc!r}", retryable=True, maybe_processed=True
         ) from exc
-    status = answer.status
-    if status == 429:
-        raise CarrierError(
-            "rate limited", retryable=True, retry_after=retry_after_of(answer), status=429
-        )
-    if status >= 400:
-        raise CarrierError(
-            f"{method} {path}: {status} {error_text(answer)}".rstrip(),
-            retryable=status >= 500,
-            retry_after=retry_after_of(answer) if status == 503 else None,
-            maybe_processed=status >= 500 and status != 503,
-            status=status,
+    if answer.status >= 400:
+        raise error_for_status(
+            f"{method} {path}", answer.status, error_text(answer), retry_after_of(answer)
         )
     try:
         body: dict[str, Any] = answer.json()
@@ -138,6 +129,19 @@ async def call_carrier(
             f"{method} {path}: unreadable answer",
             retryable=True,
             maybe_processed=True,
-            status=status,
+            status=answer.status,
         ) from exc
     return body
+
+
+def error_for_status(what: str, status: int, text: str, retry_after: float | None) -> CarrierError:
+    """A carrier's refusal (an HTTP status of 400 or more) as a :class:`CarrierError`."""
+    if status == 429:
+        return CarrierError("rate limited", retryable=True, retry_after=retry_after, status=429)
+    return CarrierError(
+        f"{what}: {status} {text}".rstrip(),
+        retryable=status >= 500,
+        retry_after=retry_after if status == 503 else None,
+        maybe_processed=status >= 500 and status != 503,
+        status=status,
+    )

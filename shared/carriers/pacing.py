@@ -14,6 +14,14 @@ only chooses the carrier and service.
 Concurrency: at most ``max_concurrent`` calls per carrier at once (rates and tracking,
 which are not of one carrier, share one more such bound), so a burst of purchases queues
 here instead of overrunning a carrier's API.
+
+Bulk purchase: where the carrier API buys several labels in one request (the sandbox's
+``POST /v1/shipments/batch``, as aggregators' bulk endpoints do), the purchases of one
+carrier that are under way together go in one request, up to ``BATCH_MAX``: the first
+goes at once, those that come while a request is out go in the next. Each label keeps its
+own idempotency key and gets its own outcome, so the purchaser (retries, pinning, the
+breaker, the budget) sees exactly what a single purchase would have answered; a request
+that fails as a whole fails each of its labels the same way.
 """
 
 from __future__ import annotations
@@ -22,11 +30,18 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+from shared import telemetry
+from shared.batching import Coalescer
 from shared.carriers.base import (
+    CarrierError,
     CarrierGateway,
     Label,
     LabelRequest,
@@ -76,8 +91,16 @@ def rate_key(request: RateRequest, *, postal_prefix: int) -> RateKey:
     )
 
 
+#: labels in one bulk purchase at most
+BATCH_MAX = 100
+
+#: a label to buy in a bulk purchase: the request, its idempotency key, its trace context
+_Purchase = tuple[LabelRequest, str, Context]
+
+
 class PacedGateway:
-    """A :class:`CarrierGateway` that reuses rate quotes and bounds concurrent calls."""
+    """A :class:`CarrierGateway` that reuses rate quotes, bounds concurrent calls, and buys
+    the labels of one carrier in bulk where its gateway can (``buy_labels``)."""
 
     def __init__(
         self,
@@ -96,6 +119,7 @@ class PacedGateway:
         self._quotes: dict[RateKey, tuple[float, Quotes]] = {}
         self._asking: dict[RateKey, asyncio.Future[Quotes]] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self._bulk: dict[str, Coalescer[_Purchase, Label | CarrierError]] = {}
         #: rate requests answered from the cache, and those that went to the carrier
         self.rates_reused = 0
         self.rates_asked = 0
@@ -147,8 +171,57 @@ class PacedGateway:
             return await self.gateway.rates(request)
 
     async def buy_label(self, request: LabelRequest, *, idempotency_key: str) -> Label:
-        async with self._limit(request.carrier):
-            return await self.gateway.buy_label(request, idempotency_key=idempotency_key)
+        if not hasattr(self.gateway, "buy_labels"):
+            async with self._limit(request.carrier):
+                return await self.gateway.buy_label(request, idempotency_key=idempotency_key)
+        bulk = self._bulk.get(request.carrier)
+        if bulk is None:
+            bulk = self._bulk[request.carrier] = Coalescer(
+                partial(self._buy_in_bulk, request.carrier), max_items=BATCH_MAX
+            )
+        outcome = await bulk.submit((request, idempotency_key, otel_context.get_current()))
+        if isinstance(outcome, CarrierError):
+            raise outcome
+        return outcome
+
+    async def _buy_in_bulk(
+        self, carrier: str, purchases: Sequence[_Purchase]
+    ) -> list[Label | CarrierError]:
+        buy_labels = self.gateway.buy_labels  # type: ignore[attr-defined]
+        requests = [(request, key) for request, key, _ in purchases]
+        # one label: its request is a span of its purchase; several: of a bulk purchase's
+        # own trace, linked to each purchase's
+        if len(purchases) == 1:
+            scope = otel_context.attach(purchases[0][2])
+            span: Any = contextlib.nullcontext()
+        else:
+            scope = None
+            span = telemetry.span(
+                "buy labels",
+                service="carriers",
+                parent=telemetry.NEW_TRACE,
+                attributes={"waybill.carrier": carrier, "waybill.labels": len(purchases)},
+                links=[
+                    link
+                    for _, _, context in purchases[: telemetry.BATCH_LINKS]
+                    for link in telemetry.link_to(telemetry.headers_of(context))
+                ],
+            )
+        try:
+            with span:
+                async with self._limit(carrier):
+                    outcomes: list[Label | CarrierError] = await buy_labels(requests)
+        except CarrierError as exc:
+            return [_copy(exc) for _ in purchases]
+        except Exception as exc:  # an answer the adapter could not read: a failed call
+            failure = CarrierError(
+                f"unexpected failure: {exc!r}", retryable=True, maybe_processed=True
+            )
+            return [_copy(failure) for _ in purchases]
+        finally:
+            if scope is not None:
+                otel_context.detach(scope)
+        return outcomes
 
     async def cancel_label(self, carrier: str, carrier_shipment_id: str) -> None:
         async with self._limit(carrier):
@@ -162,4 +235,17 @@ class PacedGateway:
         return self.gateway.parse_webhook(headers, body, now=now)
 
     async def close(self) -> None:
+        for bulk in self._bulk.values():
+            await bulk.close()
         await self.gateway.close()
+
+
+def _copy(error: CarrierError) -> CarrierError:
+    """The same failure for another label (an exception is raised in one place only)."""
+    return CarrierError(
+        str(error),
+        retryable=error.retryable,
+        retry_after=error.retry_after,
+        maybe_processed=error.maybe_processed,
+        status=error.status,
+    )

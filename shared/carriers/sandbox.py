@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from shared.carriers.base import (
+    CarrierError,
     Label,
     LabelRequest,
     Quotes,
@@ -17,7 +19,7 @@ from shared.carriers.base import (
     RateRequest,
     TrackingEvent,
 )
-from shared.carriers.http import call_carrier, carrier_session
+from shared.carriers.http import call_carrier, carrier_session, error_for_status
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
 
 
@@ -60,20 +62,56 @@ class SandboxCarrierGateway:
         unavailable = {u["carrier"]: u["reason"] for u in body.get("unavailable") or []}
         return Quotes(rates, unavailable)
 
-    async def buy_label(self, request: LabelRequest, *, idempotency_key: str) -> Label:
+    async def buy_labels(
+        self, purchases: Sequence[tuple[LabelRequest, str]]
+    ) -> list[Label | CarrierError]:
+        """Several labels in one request (``POST /v1/shipments/batch``), each with its own
+        idempotency key and its own outcome. A failure of the request itself raises, and
+        then concerns every label of it."""
         body = await self._call(
             "POST",
-            "/v1/shipments",
-            headers={"Idempotency-Key": idempotency_key},
+            "/v1/shipments/batch",
             json={
-                "carrier": request.carrier,
-                "service": request.service,
-                "ship_from": vars(request.ship_from),
-                "ship_to": request.ship_to,
-                "parcels": request.parcels,
-                "reference": request.reference,
+                "shipments": [
+                    {**self._shipment_body(request), "idempotency_key": key}
+                    for request, key in purchases
+                ]
             },
         )
+        outcomes: list[Label | CarrierError] = []
+        for result in body["results"]:
+            if result["status"] < 400 and result.get("shipment"):
+                outcomes.append(self._label(result["shipment"]))
+            else:
+                outcomes.append(
+                    error_for_status(
+                        "POST /v1/shipments/batch item",
+                        int(result["status"]),
+                        result.get("detail") or "",
+                        result.get("retry_after_seconds"),
+                    )
+                )
+        if len(outcomes) != len(purchases):
+            raise CarrierError(
+                f"{len(outcomes)} results for {len(purchases)} labels",
+                retryable=True,
+                maybe_processed=True,
+            )
+        return outcomes
+
+    @staticmethod
+    def _shipment_body(request: LabelRequest) -> dict[str, Any]:
+        return {
+            "carrier": request.carrier,
+            "service": request.service,
+            "ship_from": vars(request.ship_from),
+            "ship_to": request.ship_to,
+            "parcels": request.parcels,
+            "reference": request.reference,
+        }
+
+    @staticmethod
+    def _label(body: dict[str, Any]) -> Label:
         return Label(
             carrier=body["carrier"],
             service=body["service"],
@@ -84,6 +122,15 @@ class SandboxCarrierGateway:
             price=Decimal(str(body["price"])),
             currency=body["currency"],
         )
+
+    async def buy_label(self, request: LabelRequest, *, idempotency_key: str) -> Label:
+        body = await self._call(
+            "POST",
+            "/v1/shipments",
+            headers={"Idempotency-Key": idempotency_key},
+            json=self._shipment_body(request),
+        )
+        return self._label(body)
 
     async def cancel_label(self, carrier: str, carrier_shipment_id: str) -> None:
         del carrier  # one API for every sandbox carrier

@@ -333,6 +333,88 @@ def xref_offsets(pdf: bytes) -> list[int]:
     return offsets
 
 
+# --- bulk purchase ---------------------------------------------------------------------
+
+
+def batch(*items: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"shipments": [{**body, "idempotency_key": key} for key, body in items]}
+
+
+async def test_a_bulk_purchase_buys_each_label_once_by_its_own_key(sbx: Sandboxed) -> None:
+    single = await buy(sbx, key="alone", reference="order-1")
+    response = await sbx.client.post(
+        "/v1/shipments/batch",
+        json=batch(
+            ("alone", shipment_request(reference="order-1")),  # bought alone already
+            ("new-1", shipment_request(reference="order-2")),
+            ("new-2", shipment_request("swiftpost", "express", reference="order-3")),
+            ("alone", shipment_request(reference="order-1", parcels=[parcel(9000)])),
+        ),
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["idempotency_key"] for r in results] == ["alone", "new-1", "new-2", "alone"]
+    assert [r["status"] for r in results] == [200, 201, 201, 422]
+    assert results[0]["shipment"] == single  # the replay of the single purchase
+    assert results[2]["shipment"]["tracking_number"].startswith("SP")
+    assert "different request body" in results[3]["detail"]
+    again = await sbx.client.post(
+        "/v1/shipments/batch", json=batch(("new-1", shipment_request(reference="order-2")))
+    )
+    assert again.json()["results"][0]["shipment"] == results[1]["shipment"]
+    stats = (await sbx.client.get("/sandbox/stats")).json()
+    assert stats["labels_by_carrier"] == {"parcelfast": 2, "swiftpost": 1, "ecoship": 0}
+    assert stats["label_requests"] == 6  # one alone, four and one in bulk
+
+
+async def test_a_bulk_purchase_draws_faults_per_label(sbx: Sandboxed) -> None:
+    await sbx.client.post(
+        "/sandbox/faults",
+        json={"rate_limit_rate": 1, "retry_after_seconds": 3, "carriers": ["swiftpost"]},
+    )
+    response = await sbx.client.post(
+        "/v1/shipments/batch",
+        json=batch(
+            ("ok", shipment_request()),
+            ("limited", shipment_request("swiftpost", "economy")),
+        ),
+    )
+    ok, limited = response.json()["results"]
+    assert ok["status"] == 201 and ok["shipment"] is not None
+    assert limited["status"] == 429 and limited["shipment"] is None
+    assert limited["retry_after_seconds"] == 3
+    await sbx.client.post("/sandbox/faults", json={"outage": True})
+    down = await sbx.client.post("/v1/shipments/batch", json=batch(("x", shipment_request())))
+    assert down.json()["results"][0]["status"] == 503
+    stats = (await sbx.client.get("/sandbox/stats")).json()
+    assert (stats["rate_limited"], stats["outages"]) == (1, 1)
+    assert stats["labels_by_carrier"]["parcelfast"] == 1
+
+
+async def test_a_bulk_purchase_that_times_out_has_bought_its_labels(sbx: Sandboxed) -> None:
+    await sbx.client.post("/sandbox/faults", json={"timeout_rate": 1, "timeout_seconds": 1.0})
+    items = batch(("slow-1", shipment_request()), ("slow-2", shipment_request(reference="o-2")))
+    with pytest.raises(httpx.ReadTimeout):
+        await sbx.client.post("/v1/shipments/batch", json=items, timeout=0.3)
+    await sbx.client.delete("/sandbox/faults")
+    retry = (await sbx.client.post("/v1/shipments/batch", json=items)).json()["results"]
+    assert [r["status"] for r in retry] == [200, 200]  # bought by the lost request
+    assert (await sbx.client.get("/sandbox/stats")).json()["labels_by_carrier"]["parcelfast"] == 2
+
+
+async def test_a_bulk_purchase_refuses_an_invalid_item_as_a_whole(sbx: Sandboxed) -> None:
+    bad = await sbx.client.post(
+        "/v1/shipments/batch",
+        json=batch(("a", shipment_request()), ("b", shipment_request("nobody", "x"))),
+    )
+    assert bad.status_code == 422
+    assert any(e["loc"][:3] == ["body", "shipments", 1] for e in bad.json()["detail"])
+    too_many = batch(*((f"k{i}", shipment_request()) for i in range(101)))
+    assert (await sbx.client.post("/v1/shipments/batch", json=too_many)).status_code == 422
+    stats = (await sbx.client.get("/sandbox/stats")).json()
+    assert sum(stats["labels_by_carrier"].values()) == 0
+
+
 async def test_label_is_a_valid_pdf_with_a_code128_barcode(sbx: Sandboxed) -> None:
     shipment = await buy(sbx)
     response = await sbx.client.get(shipment["label_url"])

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from shared.carriers.base import CarrierError, Place, Quotes, Rate, RateRequest
+from shared.carriers.base import (
+    CarrierError,
+    Label,
+    LabelRequest,
+    Place,
+    Quotes,
+    Rate,
+    RateRequest,
+)
 from shared.carriers.pacing import PacedGateway, rate_key, weight_band
 from tests.support import wait_for
 
@@ -113,3 +122,70 @@ async def test_reuse_can_be_turned_off(seconds: float) -> None:
     await gateway.rates(request())
     await gateway.rates(request())
     assert carriers.calls == 2
+
+
+class BulkCarrier:
+    """A gateway that buys in bulk: records each bulk request; can fail one key or all."""
+
+    def __init__(self) -> None:
+        self.bulks: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+        self.refuse: set[str] = set()
+        self.down = False
+
+    async def buy_labels(
+        self, purchases: list[tuple[LabelRequest, str]]
+    ) -> list[Label | CarrierError]:
+        self.bulks.append([key for _, key in purchases])
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise CarrierError("timed out", retryable=True, maybe_processed=True)
+        return [
+            CarrierError("refused", retryable=False, status=422)
+            if key in self.refuse
+            else Label(
+                "parcelfast", "standard", f"s-{key}", f"PF{key}", "url", NOW, Decimal(5), "EUR"
+            )
+            for _, key in purchases
+        ]
+
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+LABEL = LabelRequest("parcelfast", "standard", Place("DE", "10115"), {}, [PARCEL], "order")
+
+
+async def test_purchases_under_way_together_are_bought_in_one_request() -> None:
+    carrier = BulkCarrier()
+    carrier.gate = asyncio.Event()
+    gateway = PacedGateway(carrier)  # type: ignore[arg-type]
+    first = asyncio.create_task(gateway.buy_label(LABEL, idempotency_key="k0"))
+    await wait_for(lambda: len(carrier.bulks) == 1, timeout=5, interval=0.001)
+    rest = [
+        asyncio.create_task(gateway.buy_label(LABEL, idempotency_key=f"k{i}")) for i in (1, 2, 3)
+    ]
+    await wait_for(lambda: len(gateway._bulk["parcelfast"]._queue) == 3, timeout=5, interval=0.001)
+    carrier.gate.set()
+    labels = await asyncio.gather(first, *rest)
+    assert carrier.bulks == [["k0"], ["k1", "k2", "k3"]]
+    assert [label.tracking_number for label in labels] == ["PFk0", "PFk1", "PFk2", "PFk3"]
+
+
+async def test_each_purchase_gets_its_own_outcome_and_a_failed_request_fails_them_all() -> None:
+    carrier = BulkCarrier()
+    carrier.refuse = {"bad"}
+    gateway = PacedGateway(carrier)  # type: ignore[arg-type]
+    good, bad = await asyncio.gather(
+        gateway.buy_label(LABEL, idempotency_key="good"),
+        gateway.buy_label(LABEL, idempotency_key="bad"),
+        return_exceptions=True,
+    )
+    assert isinstance(good, Label) and isinstance(bad, CarrierError) and bad.status == 422
+    carrier.down = True
+    outcomes = await asyncio.gather(
+        gateway.buy_label(LABEL, idempotency_key="x"),
+        gateway.buy_label(LABEL, idempotency_key="y"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, CarrierError) and o.maybe_processed for o in outcomes)
+    assert outcomes[0] is not outcomes[1]  # each purchase raises its own exception

@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.clock import Clock, SystemClock
 from waybill.carrier_sandbox.carriers import CARRIERS
 from waybill.carrier_sandbox.models import (
+    BatchShipmentRequest,
+    BatchShipmentResponse,
     ErrorBody,
     FaultSettings,
     LabelList,
@@ -154,6 +156,7 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
                 f"the {IDEMPOTENCY_KEY_HEADER} header is required "
                 f"(1 to {_MAX_IDEMPOTENCY_KEY_LENGTH} characters)",
             )
+        sandbox.label_requests += 1
         decision = await sandbox.apply_faults([request.carrier], key=key)
         shipment, created = sandbox.buy_label(key, request)
         if not created:
@@ -162,6 +165,17 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
         # A timeout strikes after the label is bought: the answer is lost, not the label.
         await _hang_if_timed_out(decision.hang_seconds)
         return shipment
+
+    @app.post("/v1/shipments/batch", tags=["carrier"])
+    async def buy_labels(batch: BatchShipmentRequest) -> BatchShipmentResponse:
+        """Buy up to 100 labels in one request (an aggregator's bulk purchase). Each item
+        carries the idempotency key its single purchase would send as a header and is
+        answered as that purchase would be (``status`` 201, 200 for a replay, 429 with
+        ``retry_after_seconds``, 500, 503, 422). A timeout delays the whole answer after
+        the labels are bought."""
+        results, hang = await sandbox.buy_batch(batch.shipments)
+        await _hang_if_timed_out(hang)
+        return BatchShipmentResponse(results=results)
 
     @app.post(
         "/v1/shipments/{shipment_id}/cancel",

@@ -175,6 +175,36 @@ class Shipment(BaseModel):
     cancelled_at: datetime | None = None
 
 
+#: labels one batch request may buy
+MAX_BATCH = 100
+
+
+class BatchShipmentItem(ShipmentRequest):
+    """One label of a batch, with the key a single purchase would send as its header."""
+
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class BatchShipmentRequest(BaseModel):
+    shipments: list[BatchShipmentItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchShipmentResult(BaseModel):
+    """What buying one label of a batch came to: the status a single purchase would have
+    answered (201 bought, 200 replayed, 429, 500, 503, 409, 422) and the shipment or why
+    not."""
+
+    idempotency_key: str
+    status: int
+    shipment: Shipment | None = None
+    detail: str | None = None
+    retry_after_seconds: float | None = None
+
+
+class BatchShipmentResponse(BaseModel):
+    results: list[BatchShipmentResult]
+
+
 class LabelRecord(BaseModel):
     """A label as the sandbox's inspector lists it (GET /sandbox/labels)."""
 
@@ -272,6 +302,10 @@ class Stats(BaseModel):
     )
     retry_after_violations: int = Field(
         description="label requests that came back after a 429 before its Retry-After"
+    )
+    label_requests: int = Field(
+        default=0,
+        description="labels asked for, one by one or in batches (each item of a batch counts)",
     )
 
 

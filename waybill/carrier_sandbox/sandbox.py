@@ -32,6 +32,8 @@ from waybill.carrier_sandbox.carriers import (
 )
 from waybill.carrier_sandbox.labels import LabelContent, render_label_pdf
 from waybill.carrier_sandbox.models import (
+    BatchShipmentItem,
+    BatchShipmentResult,
     FaultSettings,
     LabelRecord,
     Parcel,
@@ -132,7 +134,9 @@ class _StoredTracker:
 
 
 def _fingerprint(request: ShipmentRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # a batch item's key travels in its body: the same purchase alone or in a batch is one
+    body = request.model_dump(mode="json", exclude={"idempotency_key"})
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -168,6 +172,8 @@ class Sandbox:
         self._retry_not_before: dict[str, float] = {}
         self.retry_after_counts: Counter[str] = Counter()
         self.labels_cancelled = 0
+        #: labels asked for, one by one or in batches
+        self.label_requests = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
         self._closed = False
@@ -283,10 +289,60 @@ class Sandbox:
                 counter, fault = failure
                 self.fault_counts[counter] += 1
                 raise fault
+        return FaultDecision(excluded=excluded, hang_seconds=self._draw_timeout(faults))
+
+    def _draw_timeout(self, faults: FaultSettings) -> float:
         if faults.timeout_rate and self._fault_dice.random() < faults.timeout_rate:
             self.fault_counts["timeouts"] += 1
-            return FaultDecision(excluded=excluded, hang_seconds=faults.timeout_seconds)
-        return FaultDecision(excluded=excluded)
+            return faults.timeout_seconds
+        return 0.0
+
+    async def buy_batch(
+        self, items: list[BatchShipmentItem]
+    ) -> tuple[list[BatchShipmentResult], float]:
+        """Each item as ``POST /v1/shipments`` would answer it, faults drawn per item; and how
+        long the whole answer hangs (a timeout drawn for any item delays the lot, after the
+        labels are bought: the answer is lost, not the labels)."""
+        faults = self.faults
+        self.label_requests += len(items)
+        if faults.latency_ms and any(faults.covers(item.carrier) for item in items):
+            await asyncio.sleep(faults.latency_ms / 1000)
+        results: list[BatchShipmentResult] = []
+        hang = 0.0
+        for item in items:
+            key = item.idempotency_key
+            self._check_retry_after(key)
+            if faults.covers(item.carrier):
+                failure = self._draw_failure(faults)
+                if failure is not None:
+                    counter, fault = failure
+                    self.fault_counts[counter] += 1
+                    retry_after = fault.headers.get("Retry-After")
+                    if fault.status_code == 429 and retry_after is not None:
+                        self._retry_not_before[key] = time.monotonic() + float(retry_after)
+                    results.append(
+                        BatchShipmentResult(
+                            idempotency_key=key,
+                            status=fault.status_code,
+                            detail=fault.detail,
+                            retry_after_seconds=float(retry_after) if retry_after else None,
+                        )
+                    )
+                    continue
+                hang = max(hang, self._draw_timeout(faults))
+            try:
+                shipment, created = self.buy_label(key, item)
+            except IdempotencyConflict as conflict:
+                results.append(
+                    BatchShipmentResult(idempotency_key=key, status=422, detail=str(conflict))
+                )
+                continue
+            results.append(
+                BatchShipmentResult(
+                    idempotency_key=key, status=201 if created else 200, shipment=shipment
+                )
+            )
+        return results, hang
 
     # --- rating and labels -----------------------------------------------------
 
@@ -585,4 +641,5 @@ class Sandbox:
             labels_cancelled=self.labels_cancelled,
             retry_after_honoured=self.retry_after_counts["honoured"],
             retry_after_violations=self.retry_after_counts["violations"],
+            label_requests=self.label_requests,
         )
