@@ -300,15 +300,16 @@ class Sandbox:
     async def buy_batch(
         self, items: list[BatchShipmentItem]
     ) -> tuple[list[BatchShipmentResult], float]:
-        """Each item as ``POST /v1/shipments`` would answer it, faults drawn per item; and how
-        long the whole answer hangs (a timeout drawn for any item delays the lot, after the
-        labels are bought: the answer is lost, not the labels)."""
+        """Each item as ``POST /v1/shipments`` would answer it, errors and 429s drawn per
+        item; and how long the whole answer hangs. A timeout belongs to the request, not to
+        an item: it is drawn once, as for a single purchase, and strikes after the labels
+        are bought (the answer is lost, not the labels)."""
         faults = self.faults
         self.label_requests += len(items)
         if faults.latency_ms and any(faults.covers(item.carrier) for item in items):
             await asyncio.sleep(faults.latency_ms / 1000)
         results: list[BatchShipmentResult] = []
-        hang = 0.0
+        bought = False
         for item in items:
             key = item.idempotency_key
             self._check_retry_after(key)
@@ -329,7 +330,7 @@ class Sandbox:
                         )
                     )
                     continue
-                hang = max(hang, self._draw_timeout(faults))
+                bought = True
             try:
                 shipment, created = self.buy_label(key, item)
             except IdempotencyConflict as conflict:
@@ -342,7 +343,7 @@ class Sandbox:
                     idempotency_key=key, status=201 if created else 200, shipment=shipment
                 )
             )
-        return results, hang
+        return results, self._draw_timeout(faults) if bought else 0.0
 
     # --- rating and labels -----------------------------------------------------
 
