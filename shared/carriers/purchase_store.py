@@ -47,7 +47,8 @@ class PurchaseRows:
                    {self.service_column} = CASE WHEN n.c THEN t.{self.service_column} END
               FROM unnest($1::{self.id_type}[], $2::int[], $3::boolean[], $4::float8[],
                           $5::text[], $6::boolean[]) AS n(i, a, p, r, e, c)
-             WHERE t.{self.id_column} = n.i AND t.{self.status_column} = 'label_pending'
+             WHERE t.{self.id_column} = n.i AND t.{self.id_column} = ANY($1::{self.id_type}[])
+               AND t.{self.status_column} = 'label_pending'
             """,
             [row_id for row_id, _ in attempts],
             [a.state.attempts for _, a in attempts],

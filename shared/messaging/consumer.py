@@ -261,18 +261,21 @@ class EventConsumer:
 
     def decode(self, record: Record) -> Delivery:
         topic = record.topic.removeprefix(self.topic_prefix)
-        fallback_id = uuid5(_FALLBACK_NAMESPACE, f"{topic}/{record.partition}/{record.offset}")
         route = self._routes.get(topic)
+        if route is not None and (
+            route.max_bytes is None or len(record.value or b"") <= route.max_bytes
+        ):
+            # the common case in one step: JSON parsed and validated by pydantic's core
+            with contextlib.suppress(ValidationError):
+                event = route.model.model_validate_json(record.value or b"")
+                return Delivery(record, topic, event.event_id, event=event)
+        # not valid: find out why, to dead-letter or reject it with the reasons; without an
+        # event_id of its own it is known by where it was read from
+        fallback_id = uuid5(_FALLBACK_NAMESPACE, f"{topic}/{record.partition}/{record.offset}")
         if route is None:
             return Delivery(record, topic, fallback_id, undecodable=f"no handler for {topic}")
         value = record.value or b""
         size = len(value)
-        if route.max_bytes is None or size <= route.max_bytes:
-            # the common case in one step: JSON parsed and validated by pydantic's core
-            with contextlib.suppress(ValidationError):
-                event = route.model.model_validate_json(value)
-                return Delivery(record, topic, event.event_id, event=event)
-        # not valid: find out why, to dead-letter or reject it with the reasons
         try:
             payload = json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -13,6 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 #: above this many warehouses, splits of three or more are found greedily
@@ -78,6 +79,7 @@ def rank_warehouses(
     )
 
 
+@lru_cache(maxsize=65_536)
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """Sort "A-2" before "A-10": digits compare as numbers."""
     return tuple(

@@ -392,7 +392,7 @@ async def set_order_statuses(
         """
         UPDATE inventory_orders o SET status = n.s, missing = n.m::jsonb, updated_at = now()
         FROM unnest($1::text[], $2::text[], $3::text[]) AS n(id, s, m)
-        WHERE o.order_id = n.id
+        WHERE o.order_id = n.id AND o.order_id = ANY($1::text[])
         """,
         [s[0] for s in statuses],
         [s[1] for s in statuses],

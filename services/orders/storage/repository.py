@@ -554,7 +554,7 @@ async def insert_orders(conn: Connection, orders: list[dict[str, Any]]) -> set[s
     )
     json_columns = {"lines", "ship_to", "customer"}
     arrays = [
-        [canonical_json(o[name]) if name in json_columns else o[name] for o in orders]
+        [json.dumps(o[name]) if name in json_columns else o[name] for o in orders]
         for name, _ in columns
     ]
     rows = await conn.fetch(
@@ -598,7 +598,7 @@ async def insert_rejections(conn: Connection, rejections: list[dict[str, Any]]) 
         [x["event_id"] for x in rejections],
         [x["order_id"] for x in rejections],
         [x["reason"] for x in rejections],
-        [canonical_json(x["reasons"]) for x in rejections],
+        [json.dumps(x["reasons"]) for x in rejections],
     )
 
 
@@ -619,7 +619,7 @@ async def append_timelines(conn: Connection, entries: list[dict[str, Any]]) -> N
         [x["at"] for x in entries],
         [x["topic"] for x in entries],
         [x["event_id"] for x in entries],
-        [canonical_json(x.get("detail") or {}) for x in entries],
+        [json.dumps(x.get("detail") or {}) for x in entries],
     )
 
 
@@ -644,7 +644,7 @@ async def set_statuses(conn: Connection, statuses: dict[str, str]) -> None:
         """
         UPDATE orders o SET status = n.s, updated_at = now()
         FROM unnest($1::text[], $2::text[]) AS n(id, s)
-        WHERE o.order_id = n.id
+        WHERE o.order_id = n.id AND o.order_id = ANY($1::text[])
         """,
         list(statuses),
         list(statuses.values()),
@@ -683,6 +683,7 @@ async def meet_slas(conn: Connection, met: list[tuple[str, str, datetime]]) -> l
         UPDATE order_slas s SET met_at = n.at
         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(o, st, at)
         WHERE s.order_id = n.o AND s.stage = n.st AND s.met_at IS NULL
+          AND s.order_id = ANY($1::text[])
         RETURNING s.order_id, s.stage, s.window_start, s.deadline, s.breached_at, s.met_at
         """,
         [m[0] for m in met],
@@ -703,6 +704,7 @@ async def mark_slas_breached(
         UPDATE order_slas s SET breached_at = n.at
         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(o, st, at)
         WHERE s.order_id = n.o AND s.stage = n.st AND s.breached_at IS NULL
+          AND s.order_id = ANY($1::text[])
         RETURNING s.order_id, s.stage
         """,
         [b[0] for b in breaches],

@@ -186,8 +186,9 @@ async def lease_due_labels(
             FOR UPDATE SKIP LOCKED
         )
         UPDATE returns r SET next_attempt_at = now() + $2::interval
-        FROM due, return_orders o
-        WHERE r.return_id = due.return_id AND o.order_id = r.order_id
+        FROM return_orders o
+        -- by primary key (see shipping's lease): never a scan of the whole table
+        WHERE r.return_id = ANY(ARRAY(SELECT return_id FROM due)) AND o.order_id = r.order_id
         RETURNING r.*, o.ship_to AS customer_address
         """,
         limit,

@@ -39,8 +39,11 @@ async def lease_due_shipments(
         )
         UPDATE shipments s
            SET next_attempt_at = now() + $2::interval
-          FROM due, shipping_orders o
-         WHERE s.shipment_id = due.shipment_id AND o.order_id = s.order_id
+          FROM shipping_orders o
+         -- by primary key: joined to the CTE, a plan made while the table was small keeps
+         -- scanning the whole table on every lease
+         WHERE s.shipment_id = ANY(ARRAY(SELECT shipment_id FROM due))
+           AND o.order_id = s.order_id
         RETURNING s.*, o.deliver_by, o.ship_to, o.service_level
         """,
         limit,
@@ -63,8 +66,7 @@ async def lease_due_voids(
             FOR UPDATE SKIP LOCKED
         )
         UPDATE shipments s SET next_attempt_at = now() + $2::interval
-          FROM due
-         WHERE s.shipment_id = due.shipment_id
+         WHERE s.shipment_id = ANY(ARRAY(SELECT shipment_id FROM due))
         RETURNING s.*
         """,
         limit,
@@ -304,7 +306,7 @@ async def lease_quiet_shipments(
             FOR UPDATE SKIP LOCKED
         )
         UPDATE shipments s SET last_polled_at = $2
-        FROM quiet WHERE s.shipment_id = quiet.shipment_id
+        WHERE s.shipment_id = ANY(ARRAY(SELECT shipment_id FROM quiet))
         RETURNING s.shipment_id, s.tracking_number, s.carrier
         """,
         quiet_since,
@@ -400,7 +402,7 @@ async def choose_services(conn: Connection, choices: list[dict[str, Any]]) -> No
                                at_risk = n.r, idempotency_key = n.k
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[],
                     $6::text[]) AS n(i, c, v, e, r, k)
-        WHERE s.shipment_id = n.i
+        WHERE s.shipment_id = n.i AND s.shipment_id = ANY($1::uuid[])
         """,
         [c["shipment_id"] for c in choices],
         [c["carrier"] for c in choices],
@@ -428,7 +430,8 @@ async def record_labels(conn: Connection, labels: list[dict[str, Any]]) -> dict[
                last_error = NULL
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
                       $6::int[], $7::boolean[]) AS n(i, t, u, e, c, a, p)
-         WHERE s.shipment_id = n.i AND s.tracking_number IS NULL
+         WHERE s.shipment_id = n.i AND s.shipment_id = ANY($1::uuid[])
+           AND s.tracking_number IS NULL
            AND s.state IN ('label_pending', 'cancelled', 'void_pending')
         RETURNING s.shipment_id, s.state
         """,
