@@ -409,6 +409,9 @@ class EventConsumer:
     def _record_span(self, d: Delivery) -> Span:
         """The span of one handled record, in the trace its headers carry (one trace per
         order); started, not current."""
+        unrecorded = telemetry.unrecorded_child(d.record.headers)
+        if unrecorded is not None:
+            return unrecorded
         headers = [(k, v.decode(errors="replace")) for k, v in d.record.headers]
         return telemetry.start_span(
             f"{d.topic} process",
