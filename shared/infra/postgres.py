@@ -327,11 +327,11 @@ class EmbeddedPostgres(ChildServer):
             str(socket_dir),
             "-c",
             "max_connections=300",
-            # Statistics soon after tables fill up: a fresh database's tables have none, and
-            # the planner then joins a batch's unnest() to a whole table, row by row
-            # (measured: 1.4 ms per row for the label update of a minute-old system).
-            "-c",
-            "autovacuum_naptime=5s",
+            # autovacuum keeps PostgreSQL's default pace (a look every minute). Every 5 s it
+            # spent 39.5 CPU-s of a 20,000-order benchmark against 6.7 (tables that grow by
+            # their own size between looks are vacuumed and analysed again and again), for
+            # statistics sooner on a fresh database: the set-based statements no longer
+            # need them, as they go by primary key whatever the plan (docs/performance.md).
         ]
         if not self._durable:
             for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
