@@ -57,7 +57,12 @@ class CircuitBreaker:
         return max(0.0, self.opened_at + self.open_seconds - self._now())
 
     def may_try(self) -> bool:
-        """Whether it is worth asking this carrier (no state change: see allows_call)."""
+        """Whether it is worth asking this carrier now (no state change: see allows_call):
+        closed, open with its period over, or half-open with no trial under way. While the
+        one trial runs, the others go elsewhere instead of waiting for its outcome."""
+        if self.state is BreakerState.HALF_OPEN and self.trial_in_flight:
+            assert self.trial_started_at is not None
+            return self._now() - self.trial_started_at >= self.open_seconds
         return self.seconds_until_trial() == 0.0
 
     def allows_call(self) -> bool:

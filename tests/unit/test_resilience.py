@@ -41,6 +41,23 @@ def test_half_open_lets_exactly_one_trial_through_then_closes_on_success() -> No
     assert b.transitions == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
+def test_while_the_trial_runs_the_carrier_is_not_worth_asking() -> None:
+    clock = ManualClock(datetime(2026, 11, 22, tzinfo=UTC))
+    breakers = CarrierBreakers(clock, failure_threshold=3, open_seconds=30)
+    b = breakers.of("parcelfast")
+    for _ in range(3):
+        b.record_failure()
+    assert not b.may_try() and breakers.open_carriers() == {"parcelfast"}
+    clock.advance(timedelta(seconds=30))
+    assert b.may_try() and breakers.open_carriers() == set()  # a trial may go
+    assert b.allows_call()  # it went
+    assert not b.may_try() and breakers.open_carriers() == {"parcelfast"}
+    clock.advance(timedelta(seconds=30))  # the trial never reported back
+    assert b.may_try() and b.allows_call()
+    b.record_success()
+    assert b.may_try() and breakers.open_carriers() == set()
+
+
 def test_a_failed_trial_opens_it_again_for_a_full_period() -> None:
     clock = ManualClock(datetime(2026, 11, 22, tzinfo=UTC))
     b = breaker(clock)
