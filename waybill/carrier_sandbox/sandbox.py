@@ -303,13 +303,15 @@ class Sandbox:
         """Each item as ``POST /v1/shipments`` would answer it, errors and 429s drawn per
         item; and how long the whole answer hangs. A timeout belongs to the request, not to
         an item: it is drawn once, as for a single purchase, and strikes after the labels
-        are bought (the answer is lost, not the labels)."""
+        are bought (the answer is lost, not the labels). A 429 in an answer that is lost
+        asks nobody to wait."""
         faults = self.faults
         self.label_requests += len(items)
         if faults.latency_ms and any(faults.covers(item.carrier) for item in items):
             await asyncio.sleep(faults.latency_ms / 1000)
         results: list[BatchShipmentResult] = []
-        bought = False
+        covered = any(faults.covers(item.carrier) for item in items)
+        hang = self._draw_timeout(faults) if covered else 0.0
         for item in items:
             key = item.idempotency_key
             self._check_retry_after(key)
@@ -319,7 +321,7 @@ class Sandbox:
                     counter, fault = failure
                     self.fault_counts[counter] += 1
                     retry_after = fault.headers.get("Retry-After")
-                    if fault.status_code == 429 and retry_after is not None:
+                    if fault.status_code == 429 and retry_after is not None and not hang:
                         self._retry_not_before[key] = time.monotonic() + float(retry_after)
                     results.append(
                         BatchShipmentResult(
@@ -330,7 +332,6 @@ class Sandbox:
                         )
                     )
                     continue
-                bought = True
             try:
                 shipment, created = self.buy_label(key, item)
             except IdempotencyConflict as conflict:
@@ -343,7 +344,7 @@ class Sandbox:
                     idempotency_key=key, status=201 if created else 200, shipment=shipment
                 )
             )
-        return results, self._draw_timeout(faults) if bought else 0.0
+        return results, hang
 
     # --- rating and labels -----------------------------------------------------
 
