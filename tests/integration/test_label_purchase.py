@@ -7,13 +7,18 @@ Shipping runs alone here; the test plays orders and inventory by publishing
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 
+from services.shipping.handlers import purchase_state
+from services.shipping.storage import repository as repo
 from shared import topics
+from shared.carriers.purchase import Attempt
 from tests.conftest import MakeSystem
 from tests.factories import order_accepted, order_packed
 from tests.support import Publisher, bearer, wait_for
@@ -129,6 +134,92 @@ async def test_every_order_gets_exactly_one_label_through_errors_timeouts_and_42
         f"Retry-After waited out {stats['retry_after_honoured']} times; "
         f"{stats['requests']['POST /v1/shipments/batch']} bulk requests"
     )
+
+
+async def test_a_try_whose_outcome_is_lost_leaves_its_key_pinned(make_system: MakeSystem) -> None:
+    """A try that dies between its carrier call and recording what came of it may have
+    bought a label: the next try must replay the same key, never choose another carrier
+    (whose breaker may be open by then) and buy a second label."""
+    system = await make_system(services=["shipping"])
+    pool = system.runtimes["shipping"].pool
+    shipment_id = uuid4()
+    order_id = f"order-{shipment_id}"
+    held = timedelta(minutes=10)  # the running label worker never sees the row due
+
+    async def lease_again(conn: Any) -> dict[str, Any]:
+        """The lease of the try before ran out (its worker died): the next try takes it."""
+        await conn.execute(
+            "UPDATE shipments SET next_attempt_at = now() - interval '1 second'"
+            " WHERE shipment_id = $1",
+            shipment_id,
+        )
+        (leased,) = await repo.lease_due_shipments(conn, limit=10, lease=held)
+        return leased
+
+    async def stored_pin(conn: Any) -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT carrier_pinned FROM shipments WHERE shipment_id = $1", shipment_id
+            )
+        )
+
+    async with pool.acquire() as conn:
+        async with conn.transaction():  # inserted and leased at once: the worker skips it
+            await conn.execute(
+                """
+                INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by,
+                                             ship_to)
+                VALUES ($1, 'standard', now(), now() + interval '3 days',
+                        '{"country": "DE", "postal_code": "10115"}')
+                """,
+                order_id,
+            )
+            await conn.execute(
+                """
+                INSERT INTO shipments (shipment_id, order_id, warehouse_id, state,
+                                       idempotency_key, parcels, next_attempt_at)
+                VALUES ($1, $2, 'BER-1', 'label_pending', $3, '[]', now())
+                """,
+                shipment_id,
+                order_id,
+                f"waybill-{shipment_id}",
+            )
+            first = await lease_again(conn)
+        # nothing chosen yet: nothing can have been bought, nothing to pin
+        assert purchase_state(first).choice is None
+        assert not await stored_pin(conn)
+
+        # the try chooses a carrier (durably, before its call) and dies during the call
+        await repo.choose_services(
+            conn,
+            [
+                {
+                    "shipment_id": shipment_id,
+                    "carrier": "swiftpost",
+                    "service": "ground",
+                    "estimated_delivery": None,
+                    "at_risk": False,
+                    "idempotency_key": f"waybill-{shipment_id}-swiftpost-ground",
+                }
+            ],
+        )
+        assert await stored_pin(conn)
+        async with conn.transaction():
+            second = await lease_again(conn)
+        state = purchase_state(second)
+        assert state.choice is not None and state.choice.carrier == "swiftpost"
+        assert state.pinned, "the key of a call whose outcome was lost must stay"
+
+        # that try's call failed for sure (a 503: not processed) and it says so: unpinned
+        await repo.PURCHASES.save_attempts(
+            conn, [(shipment_id, Attempt(replace(state, pinned=False), retry_in=600.0))]
+        )
+        assert not await stored_pin(conn)
+        async with conn.transaction():
+            third = await lease_again(conn)
+        # the next try may switch carriers, but while it runs the store pins the key again
+        assert not purchase_state(third).pinned
+        assert await stored_pin(conn)
 
 
 async def test_an_outage_opens_the_breaker_orders_go_elsewhere_and_it_closes_again(

@@ -177,33 +177,45 @@ async def lease_overdue_pending(conn: Connection, *, limit: int) -> list[dict[st
 async def lease_due_labels(
     conn: Connection, *, limit: int, lease: timedelta
 ) -> list[dict[str, Any]]:
+    """Take due return labels for ``lease``. As with shipping's labels, a stored choice is
+    pinned while a try may be calling the carrier with its key; each row's
+    ``carrier_pinned`` is what the last recorded outcome said."""
     rows = await conn.fetch(
         """
         WITH due AS (
-            SELECT return_id FROM returns
+            SELECT return_id, carrier_pinned FROM returns
             WHERE status = 'label_pending' AND next_attempt_at <= now()
             ORDER BY next_attempt_at LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
-        UPDATE returns r SET next_attempt_at = now() + $2::interval
-        FROM return_orders o
+        UPDATE returns r SET next_attempt_at = now() + $2::interval,
+                             carrier_pinned = r.carrier_pinned OR r.label_carrier IS NOT NULL
+        FROM return_orders o, due d
         -- by primary key (see shipping's lease): never a scan of the whole table
-        WHERE r.return_id = ANY(ARRAY(SELECT return_id FROM due)) AND o.order_id = r.order_id
-        RETURNING r.*, o.ship_to AS customer_address
+        WHERE r.return_id = ANY(ARRAY(SELECT return_id FROM due))
+          AND d.return_id = r.return_id AND o.order_id = r.order_id
+        RETURNING r.*, d.carrier_pinned AS pinned_before, o.ship_to AS customer_address
         """,
         limit,
         lease,
     )
-    return [dict(r) for r in rows]
+    leased = []
+    for row in rows:
+        ret = dict(row)
+        ret["carrier_pinned"] = ret.pop("pinned_before")
+        leased.append(ret)
+    return leased
 
 
 async def choose_label(
     conn: Connection, return_id: str, *, carrier: str, service: str, idempotency_key: str
 ) -> None:
-    """The return label's carrier and service, stored before it is bought."""
+    """The return label's carrier and service, stored before it is bought, pinned until
+    the try that buys it records its outcome (see :func:`lease_due_labels`)."""
     await conn.execute(
         """
-        UPDATE returns SET label_carrier = $2, label_service = $3, idempotency_key = $4
+        UPDATE returns SET label_carrier = $2, label_service = $3, idempotency_key = $4,
+                           carrier_pinned = true
         WHERE return_id = $1
         """,
         return_id,

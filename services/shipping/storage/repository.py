@@ -27,29 +27,42 @@ PURCHASES = PurchaseRows(
 async def lease_due_shipments(
     conn: Connection, *, limit: int, lease: timedelta
 ) -> list[dict[str, Any]]:
-    """Take due label purchases for ``lease``; another worker skips them meanwhile."""
+    """Take due label purchases for ``lease``; another worker skips them meanwhile.
+
+    A leased purchase with a stored choice may call the carrier with its key, so the
+    store pins it until the try records its outcome: a try that dies on the way (its
+    outcome lost) leaves the key pinned, and the next try cannot choose another carrier
+    and buy a second label. Each row's ``carrier_pinned`` is what the last recorded
+    outcome said (the value before this lease)."""
     rows = await conn.fetch(
         """
         WITH due AS (
-            SELECT shipment_id FROM shipments
+            SELECT shipment_id, carrier_pinned FROM shipments
             WHERE state = 'label_pending' AND next_attempt_at <= now()
             ORDER BY next_attempt_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
         UPDATE shipments s
-           SET next_attempt_at = now() + $2::interval
-          FROM shipping_orders o
-         -- by primary key: joined to the CTE, a plan made while the table was small keeps
-         -- scanning the whole table on every lease
+           SET next_attempt_at = now() + $2::interval,
+               carrier_pinned = s.carrier_pinned OR s.carrier IS NOT NULL
+          FROM shipping_orders o, due d
+         -- by primary key: joined to the CTE only, a plan made while the table was small
+         -- keeps scanning the whole table on every lease
          WHERE s.shipment_id = ANY(ARRAY(SELECT shipment_id FROM due))
-           AND o.order_id = s.order_id
-        RETURNING s.*, o.deliver_by, o.ship_to, o.service_level
+           AND d.shipment_id = s.shipment_id AND o.order_id = s.order_id
+        RETURNING s.*, d.carrier_pinned AS pinned_before, o.deliver_by, o.ship_to,
+                  o.service_level
         """,
         limit,
         lease,
     )
-    return [dict(r) for r in rows]
+    return [_pinned_as_recorded(dict(r)) for r in rows]
+
+
+def _pinned_as_recorded(row: dict[str, Any]) -> dict[str, Any]:
+    row["carrier_pinned"] = row.pop("pinned_before")
+    return row
 
 
 async def lease_due_voids(
@@ -393,13 +406,14 @@ async def insert_shipments(conn: Connection, shipments: list[dict[str, Any]]) ->
 
 
 async def choose_services(conn: Connection, choices: list[dict[str, Any]]) -> None:
-    """The carrier service chosen for each shipment, with its idempotency key."""
+    """The carrier service chosen for each shipment, with its idempotency key, pinned
+    until the try that is about to call the carrier with it records its outcome."""
     if not choices:
         return
     await conn.execute(
         """
         UPDATE shipments s SET carrier = n.c, service = n.v, estimated_delivery = n.e,
-                               at_risk = n.r, idempotency_key = n.k
+                               at_risk = n.r, idempotency_key = n.k, carrier_pinned = true
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[],
                     $6::text[]) AS n(i, c, v, e, r, k)
         WHERE s.shipment_id = n.i AND s.shipment_id = ANY($1::uuid[])
