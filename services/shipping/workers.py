@@ -18,7 +18,7 @@ from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("waybill.shipping.labels")
 
-PURCHASES_AT_ONCE = 64
+PURCHASES_AT_ONCE = 256
 #: under load, leases are taken this many at a time (one query for several purchases)
 LEASE_AT_LEAST = 8
 VOIDS_AT_ONCE = 16
