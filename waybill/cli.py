@@ -28,10 +28,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from shared.gc_policy import tune_for_batches
+
     main = importlib.import_module(f"services.{args.service}.main")
     settings = main.SETTINGS()
     runtime = main.build_runtime(settings)
     app = main.create_app(runtime)
+    tune_for_batches()
     uvicorn.run(
         app,
         host=args.host or settings.http_host,

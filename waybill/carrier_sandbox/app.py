@@ -14,6 +14,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.clock import Clock, SystemClock
+from shared.gc_policy import tune_for_batches
 from waybill.carrier_sandbox.carriers import CARRIERS
 from waybill.carrier_sandbox.models import (
     BatchShipmentRequest,
@@ -286,9 +287,11 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
 
 def run_sandbox(config: SandboxConfig, *, host: str = "127.0.0.1", port: int = 8090) -> None:
     """Serve the sandbox until interrupted (Ctrl-C stops it cleanly)."""
+    app = create_app(config)
+    tune_for_batches()  # a bulk purchase is a batch of a hundred labels
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             host=host,
             port=port,
             log_level="info",
