@@ -98,6 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from shared.gc_policy import tune_for_batches
     from waybill.bench import BenchOptions, run_bench
 
     options = BenchOptions(
@@ -119,6 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         profile=Path(args.profile) if args.profile else None,
         service_env=dict(item.split("=", 1) for item in args.env),
     )
+    tune_for_batches()  # the shop and its watch take as little CPU from the system as they can
     return asyncio.run(run_bench(options))
 
 

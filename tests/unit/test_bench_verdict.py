@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from waybill.bench import verdict
+from waybill.bench import Tally, verdict
 
 ORDERS = ["o-1", "o-2", "o-3"]
 
@@ -54,3 +54,15 @@ def test_lost_orders_labels_for_strangers_and_stock_drift_are_each_named() -> No
     assert any(p.startswith("stock of SKU moved wrongly") and "expected 4" in p for p in problems)
     assert "dead letters: {'inventory': 2}" in problems
     assert "1 orders have no return decision" in problems
+
+
+def test_a_tally_counts_each_wanted_key_once_whichever_topic_carried_it() -> None:
+    approved: list[str] = ["stranger", "o-1"]
+    rejected: list[str] = []
+    tally = Tally([approved, rejected], ORDERS)
+    assert tally.done() == 1 and not tally.complete()
+    rejected.append("o-1")  # seen again on another topic: still one order
+    approved.append("o-2")
+    assert tally.done() == 2
+    rejected.append("o-3")
+    assert tally.complete() and tally.total == 3
