@@ -647,6 +647,24 @@ class Bench:
             counts[child.name] = (consumed["batches"], consumed["records"])
         return counts
 
+    async def settle(self, *, quiet_seconds: float = 1.0, timeout: float = 300.0) -> float:
+        """Wait until no service's consumer has handled a record for ``quiet_seconds``:
+        the previous phase's events (the timeline of its last orders, say) are worked off,
+        so that the next phase measures its own orders only. Returns the seconds waited."""
+        started = time.monotonic()
+        last = await self.consumed()
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < quiet_seconds:
+            if time.monotonic() - started > timeout:
+                raise BenchFailed(f"the system was still busy {timeout:.0f} s after a phase")
+            await asyncio.sleep(0.25)
+            now = await self.consumed()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+        waited = time.monotonic() - started
+        self.say(f"settled: the system was quiet after {waited:.1f} s")
+        return waited
+
     async def database_counters(self) -> dict[str, float]:
         """What PostgreSQL has done so far in the system's database."""
         conn = await asyncpg.connect(self.infra.admin_dsn)
@@ -949,11 +967,14 @@ async def run_bench(options: BenchOptions) -> int:
                 if options.latency:
                     half = max(1.0, round(peak.rate / 2))
                     n = max(10, round(half * options.latency_seconds))
+                    await bench.settle()
                     result.phases.append(await bench.phase("half-peak", n, half))
                     low = options.low_rate
                     n = max(10, round(low * options.latency_seconds))
+                    await bench.settle()
                     result.phases.append(await bench.phase("low-rate", n, low))
                 result.checks = await bench.check()
+                await bench.settle()
                 result.idle_cores, result.idle_cpu_seconds = await bench.idle()
             except BenchFailed as exc:
                 failure = exc
