@@ -10,9 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
 
 from shared.carriers.purchase import Attempt, PurchaseState
 from shared.db.uow import Connection
+
+
+def as_leased(row: asyncpg.Record) -> dict[str, Any]:
+    """A row as a lease returns it to its try. The lease pins a stored choice in the store,
+    since the try may call the carrier with its key (a try that dies on the way then leaves
+    it pinned, and the next cannot switch carriers and buy a second label); the try itself
+    goes by what the last recorded outcome said, which the lease returns as
+    ``pinned_before``."""
+    leased = dict(row)
+    leased["carrier_pinned"] = leased.pop("pinned_before")
+    return leased
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,13 @@ import pytest
 
 from shared.db import MigrationSource, apply_migrations
 from shared.db.migrations import MigrationError
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
+
+
+#: an advisory lock that migration 0003 takes: held by a test, the migration waits for it
+GATE = 7_310_001
 
 
 def write(folder: Path, name: str, sql: str) -> None:
@@ -25,8 +30,12 @@ def migrations(tmp_path: Path) -> tuple[MigrationSource, Path]:
     # 0002 depends on 0001: applying out of order would fail
     write(folder, "0002_add_note.sql", "ALTER TABLE things ADD COLUMN note text;")
     write(folder, "0001_things.sql", "CREATE TABLE things (id int PRIMARY KEY);")
-    # the second one sleeps, so concurrent runners really overlap
-    write(folder, "0003_slow.sql", "SELECT pg_sleep(0.3); INSERT INTO things VALUES (1, 'x');")
+    # waits at a gate that a test can hold closed, so that concurrent runners overlap
+    write(
+        folder,
+        "0003_gated.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}); INSERT INTO things VALUES (1, 'x');",
+    )
     return MigrationSource("demo", folder), folder
 
 
@@ -37,7 +46,7 @@ async def test_applies_in_order_once_and_records_each_file(
     conn = await asyncpg.connect(admin_dsn)
     try:
         applied = await apply_migrations(conn, schema="mig", sources=[source])
-        assert applied == ["demo/0001_things.sql", "demo/0002_add_note.sql", "demo/0003_slow.sql"]
+        assert applied == ["demo/0001_things.sql", "demo/0002_add_note.sql", "demo/0003_gated.sql"]
         assert await apply_migrations(conn, schema="mig", sources=[source]) == []
         assert await conn.fetchval("SELECT count(*) FROM mig.things") == 1
         versions = await conn.fetch("SELECT version FROM mig.schema_migrations ORDER BY version")
@@ -51,16 +60,34 @@ async def test_two_concurrent_runners_do_not_collide(
 ) -> None:
     source, _ = migrations
     a, b = await asyncpg.connect(admin_dsn), await asyncpg.connect(admin_dsn)
+    gate = await asyncpg.connect(admin_dsn)
     try:
-        first, second = await asyncio.gather(
+        await gate.execute("SELECT pg_advisory_lock($1)", GATE)
+        runners = asyncio.gather(
             apply_migrations(a, schema="race", sources=[source]),
             apply_migrations(b, schema="race", sources=[source]),
         )
+
+        async def both_waiting() -> bool:
+            # one runner inside 0003, waiting at the gate; the other for the runners' lock
+            at_gate, in_all = await gate.fetchrow(
+                """
+                SELECT count(*) FILTER (WHERE classid = 0 AND objid = $1), count(*)
+                FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                """,
+                GATE,
+            )
+            return bool(at_gate == 1 and in_all >= 2)
+
+        await wait_for(both_waiting, timeout=30, what="both runners waiting")
+        await gate.execute("SELECT pg_advisory_unlock($1)", GATE)
+        first, second = await runners
         assert sorted([len(first), len(second)]) == [0, 3]  # one did all, the other nothing
         assert await a.fetchval("SELECT count(*) FROM race.things") == 1
     finally:
         await a.close()
         await b.close()
+        await gate.close()
 
 
 async def test_an_applied_file_that_was_edited_is_refused(

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from services.returns.domain.window import Delivery
-from shared.carriers.purchase_store import PurchaseRows
+from shared.carriers.purchase_store import PurchaseRows, as_leased
 from shared.db.uow import Connection
 
 LABELS_CHANNEL = "waybill_returns_labels"
@@ -177,9 +177,9 @@ async def lease_overdue_pending(conn: Connection, *, limit: int) -> list[dict[st
 async def lease_due_labels(
     conn: Connection, *, limit: int, lease: timedelta
 ) -> list[dict[str, Any]]:
-    """Take due return labels for ``lease``. As with shipping's labels, a stored choice is
-    pinned while a try may be calling the carrier with its key; each row's
-    ``carrier_pinned`` is what the last recorded outcome said."""
+    """Take due return labels for ``lease``. A stored choice is pinned while the try may
+    call the carrier with it; each row's ``carrier_pinned`` is what the last recorded
+    outcome said (:func:`as_leased`)."""
     rows = await conn.fetch(
         """
         WITH due AS (
@@ -199,12 +199,7 @@ async def lease_due_labels(
         limit,
         lease,
     )
-    leased = []
-    for row in rows:
-        ret = dict(row)
-        ret["carrier_pinned"] = ret.pop("pinned_before")
-        leased.append(ret)
-    return leased
+    return [as_leased(r) for r in rows]
 
 
 async def choose_label(

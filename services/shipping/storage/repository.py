@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from shared.carriers.purchase_store import PurchaseRows
+from shared.carriers.purchase_store import PurchaseRows, as_leased
 from shared.db.uow import Connection
 
 LABELS_CHANNEL = "waybill_shipping_labels"
@@ -29,11 +29,8 @@ async def lease_due_shipments(
 ) -> list[dict[str, Any]]:
     """Take due label purchases for ``lease``; another worker skips them meanwhile.
 
-    A leased purchase with a stored choice may call the carrier with its key, so the
-    store pins it until the try records its outcome: a try that dies on the way (its
-    outcome lost) leaves the key pinned, and the next try cannot choose another carrier
-    and buy a second label. Each row's ``carrier_pinned`` is what the last recorded
-    outcome said (the value before this lease)."""
+    A stored choice is pinned while the try may call the carrier with it; each row's
+    ``carrier_pinned`` is what the last recorded outcome said (:func:`as_leased`)."""
     rows = await conn.fetch(
         """
         WITH due AS (
@@ -57,12 +54,7 @@ async def lease_due_shipments(
         limit,
         lease,
     )
-    return [_pinned_as_recorded(dict(r)) for r in rows]
-
-
-def _pinned_as_recorded(row: dict[str, Any]) -> dict[str, Any]:
-    row["carrier_pinned"] = row.pop("pinned_before")
-    return row
+    return [as_leased(r) for r in rows]
 
 
 async def lease_due_voids(
