@@ -157,7 +157,10 @@ class ServiceRuntime:
                 session_timeout_ms=self.kafka.session_timeout_ms,
                 heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
                 pacer=FetchPacer(
-                    min_ms=self.kafka.fetch_wait_min_ms, max_ms=self.kafka.fetch_wait_max_ms
+                    min_ms=self.kafka.fetch_wait_min_ms,
+                    max_ms=self.kafka.fetch_wait_max_ms,
+                    busy_ms=self.kafka.fetch_spacing_max_ms,
+                    full_rate=self.kafka.fetch_spacing_full_rate,
                 ),
             )
             await self._broker.start()

@@ -43,6 +43,11 @@ class KafkaSettings(BaseSettings):
     #: under traffic, records of a trickle fetched together, few requests when idle
     fetch_wait_min_ms: int = Field(default=25, ge=0, le=10_000)
     fetch_wait_max_ms: int = Field(default=500, ge=1, le=10_000)
+    #: under load fetches are spaced more, in proportion to the records arriving per
+    #: second, up to fetch_spacing_max_ms at fetch_spacing_full_rate records/s: fewer,
+    #: larger batches (shared/messaging/fetch.py); equal to fetch_wait_min_ms: no growth
+    fetch_spacing_max_ms: int = Field(default=100, ge=0, le=10_000)
+    fetch_spacing_full_rate: int = Field(default=1000, ge=1, le=10_000_000)
 
 
 class ServiceSettings(BaseSettings):

@@ -99,7 +99,7 @@ def subscribe(
         records = list(chain.from_iterable(batches.values()))
         if not records:
             return ()
-        pacer.records_seen()
+        pacer.records_seen(len(records))
         if linger_ms > 0 and len(records) < linger_records:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + linger_ms / 1000
@@ -108,8 +108,10 @@ def subscribe(
                     timeout_ms=max(1, int(left * 1000)), max_records=max_records - len(records)
                 )
                 # partition by partition, in order: the batch keeps each partition's order
-                records += chain.from_iterable(more.values())
-                pacer.records_seen()
+                fetched = list(chain.from_iterable(more.values()))
+                records += fetched
+                if fetched:
+                    pacer.records_seen(len(fetched))
         return tuple(records)
 
     subscriber.get_msg = poll  # type: ignore[method-assign,assignment]

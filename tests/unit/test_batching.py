@@ -137,6 +137,43 @@ def test_fetches_start_at_most_every_min_ms_with_the_paced_wait() -> None:
     assert consumer._fetcher.built[-1] == 25
 
 
+def test_fetches_are_spaced_more_as_more_records_arrive_and_less_as_they_stop() -> None:
+    clock = FakeClock()
+    pacer = FetchPacer(min_ms=25, max_ms=500, busy_ms=100, full_rate=1000, monotonic=clock)
+    assert pacer.spacing_ms() == 25  # nothing arrived yet
+    for _ in range(10):  # a trickle: 10 records/s
+        clock.now += 0.1
+        pacer.records_seen(1)
+    assert pacer.rate() == pytest.approx(6.3, abs=0.5)  # the count decays over about 1 s
+    assert pacer.spacing_ms() == pytest.approx(25, abs=1)
+    for _ in range(50):  # a stream: 2,000 records/s, 40 every 20 ms
+        clock.now += 0.02
+        pacer.records_seen(40)
+    assert pacer.rate() > 1000
+    assert pacer.spacing_ms() == 100  # at or past full_rate: the longest spacing
+    clock.now += 1.5  # the stream stopped
+    assert 25 < pacer.spacing_ms() < 50
+    clock.now += 5
+    assert pacer.spacing_ms() == pytest.approx(25, abs=0.5)
+
+
+def test_under_a_stream_a_fetch_starts_only_after_the_longer_spacing() -> None:
+    clock = FakeClock()
+    pacer = FetchPacer(min_ms=25, max_ms=500, busy_ms=100, full_rate=1000, monotonic=clock)
+    consumer = Consumer()
+    assert pacer.attach(consumer)
+    actions = consumer._fetcher._get_actions_per_node
+    pacer.records_seen(5000)  # far more than full_rate in the last second
+    requests, _, _, _, _ = actions(None)
+    assert requests == ["request"]
+    clock.now += 0.05
+    requests, _, timeout, _, _ = actions(None)
+    assert requests == [] and timeout == pytest.approx(0.05, abs=0.005)
+    clock.now += 0.05
+    requests, _, _, _, _ = actions(None)
+    assert requests == ["request"]
+
+
 def test_a_consumer_without_the_expected_fetcher_keeps_its_fixed_waits() -> None:
     pacer = FetchPacer(min_ms=25, max_ms=500)
     assert pacer.attach(object()) is False
