@@ -159,6 +159,13 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # --- watching topics --------------------------------------------------------------------
 
 
+#: the shop's producer lingers as Kafka's own clients do by default (linger.ms 5 in the Java
+#: client since Kafka 4.0, and in librdkafka): records sent within 5 ms share a batch. The
+#: embedded broker stores every batch as an object and lists a partition's objects on
+#: every fetch of it (docs/performance.md), so a shop that sends a batch per record makes
+#: every later fetch of orders.placed dearer.
+SHOP_LINGER_MS = 5
+
 #: how often the benchmark's watch fetches (ms): its times are the records' timestamps
 WATCH_FETCH_MS = 100
 
@@ -393,7 +400,10 @@ class Bench:
             ]
         self.watch = TopicWatch(self.kafka, watched, partitions=options.partitions)
         self.producer = AIOKafkaProducer(
-            acks="all", linger_ms=2, max_batch_size=512 * 1024, **client_options(self.kafka)
+            acks="all",
+            linger_ms=SHOP_LINGER_MS,
+            max_batch_size=512 * 1024,
+            **client_options(self.kafka),
         )
         self.meter = ProcessMeter(self._pids(), trees=["postgres"])
         self.http = httpx.AsyncClient(timeout=30)
@@ -860,7 +870,7 @@ async def run_reference(
     ]
     watch = TopicWatch(kafka, [f"{prefix}null.{hops}"], partitions=partitions)
     producer = AIOKafkaProducer(
-        acks="all", linger_ms=2, max_batch_size=512 * 1024, **client_options(kafka)
+        acks="all", linger_ms=SHOP_LINGER_MS, max_batch_size=512 * 1024, **client_options(kafka)
     )
     await producer.start()
     try:
