@@ -46,8 +46,8 @@ class KafkaSettings(BaseSettings):
     #: under load fetches are spaced more, in proportion to the records arriving per
     #: second, up to fetch_spacing_max_ms at fetch_spacing_full_rate records/s: fewer,
     #: larger batches (shared/messaging/fetch.py); equal to fetch_wait_min_ms: no growth
-    fetch_spacing_max_ms: int = Field(default=100, ge=0, le=10_000)
-    fetch_spacing_full_rate: int = Field(default=1000, ge=1, le=10_000_000)
+    fetch_spacing_max_ms: int = Field(default=80, ge=0, le=10_000)
+    fetch_spacing_full_rate: int = Field(default=700, ge=1, le=10_000_000)
 
 
 class ServiceSettings(BaseSettings):

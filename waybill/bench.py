@@ -167,7 +167,7 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 SHOP_LINGER_MS = 5
 
 #: how often the benchmark's watch fetches (ms): its times are the records' timestamps
-WATCH_FETCH_MS = 100
+WATCH_FETCH_MS = 250
 
 
 class TopicWatch:
