@@ -82,6 +82,17 @@ class SandboxCarrierGateway:
         for result in body["results"]:
             if result["status"] < 400 and result.get("shipment"):
                 outcomes.append(self._label(result["shipment"]))
+            elif result["status"] < 400:
+                # a success without the label: the carrier may have sold it, so the purchase
+                # keeps this choice and its key (a retry is answered with the label sold)
+                outcomes.append(
+                    CarrierError(
+                        f"POST /v1/shipments/batch item: {result['status']} without a shipment",
+                        retryable=True,
+                        maybe_processed=True,
+                        status=int(result["status"]),
+                    )
+                )
             else:
                 outcomes.append(
                     error_for_status(

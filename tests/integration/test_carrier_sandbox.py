@@ -16,6 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
+from shared.carriers.base import CarrierError, LabelRequest, Place
+from shared.carriers.sandbox import SandboxCarrierGateway
 from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
 from tests.support import serving, wait_for
 from waybill.carrier_sandbox import SandboxConfig, create_app
@@ -785,3 +787,32 @@ async def test_shutdown_cancels_background_work() -> None:
         assert sandbox.background_tasks == 1
     assert sandbox.background_tasks == 0
     assert time.monotonic() - started < 10
+
+
+# --- the gateway's reading of a bulk answer ------------------------------------------------
+
+
+async def test_a_bulk_item_answered_as_a_success_without_its_label_may_have_been_sold() -> None:
+    # A carrier (or a proxy in front of it) that says "created" but loses the body: the
+    # label may exist, so the purchase must keep its carrier, service and key (pinned).
+    app = FastAPI()
+
+    @app.post("/v1/shipments/batch")
+    async def batch_answer(request: Request) -> dict[str, Any]:
+        items = (await request.json())["shipments"]
+        assert [i["idempotency_key"] for i in items] == ["k-lost", "k-refused"]
+        return {"results": [{"status": 201}, {"status": 422, "detail": "bad postal code"}]}
+
+    async with serving(lambda _: app) as (base_url, _):
+        gateway = SandboxCarrierGateway(base_url, webhook_secret=SECRET, timeout_seconds=5)
+        try:
+            request = LabelRequest(
+                "parcelfast", "standard", Place("DE", "10115"), {"country": "DE"}, [], "o-1"
+            )
+            lost, refused = await gateway.buy_labels([(request, "k-lost"), (request, "k-refused")])
+        finally:
+            await gateway.close()
+    assert isinstance(lost, CarrierError)
+    assert lost.retryable and lost.maybe_processed
+    assert isinstance(refused, CarrierError)
+    assert not refused.retryable and not refused.maybe_processed and refused.status == 422
