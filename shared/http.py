@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from shared.metrics import prometheus_text
-from shared.ops_health import messaging_health
+from shared.ops_health import messaging_health, process_health
 from shared.runtime import ServiceRuntime
 from shared.settings import Role
 
@@ -111,7 +111,13 @@ def create_service_app(
         carriers = purchaser.circuits() if purchaser is not None else None
         consumer = runtime.consumer
         handled = {"batches": consumer.batches, "records": consumer.records}
-        return {"service": runtime.name, **health, "consumed": handled, "carriers": carriers}
+        return {
+            "service": runtime.name,
+            **health,
+            "consumed": handled,
+            "carriers": carriers,
+            "process": process_health(runtime.settings),
+        }
 
     for router in routers:
         app.include_router(router)

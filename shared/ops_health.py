@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.db.uow import Connection
+from shared.settings import ServiceSettings
+
+#: when this process started (a restart shows as a later time)
+STARTED_AT = datetime.now(UTC)
 
 #: names the instance that measured a partition's lag
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
@@ -76,4 +81,16 @@ async def messaging_health(conn: Connection, *, fresh_seconds: float) -> dict[st
             }
             for r in lag
         },
+    }
+
+
+def process_health(settings: ServiceSettings) -> dict[str, Any]:
+    """This process: when it started, and how often the supervisor of ``waybill up`` had to
+    start it again (with how it last ended). On Kubernetes, the pod's restart count."""
+    return {
+        "instance": INSTANCE,
+        "started_at": STARTED_AT.isoformat(timespec="seconds"),
+        "restarts": settings.supervisor_restarts,
+        "last_exit": settings.supervisor_last_exit,
+        "restarted_at": settings.supervisor_restarted_at,
     }

@@ -81,6 +81,11 @@ class ServiceSettings(BaseSettings):
     #: how often a service checks its topics exist (a memory-only broker loses them when it
     #: restarts) and measures its consumer lag
     broker_check_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: set by the supervisor of ``waybill up`` when it starts this process again after it
+    #: ended unexpectedly: how often, how it last ended, when (shown in GET /ops/health)
+    supervisor_restarts: int = Field(default=0, ge=0)
+    supervisor_last_exit: str | None = None
+    supervisor_restarted_at: str | None = None
 
     def tokens(self) -> dict[Role, str]:
         """The configured bearer token of each role (roles without one accept nothing)."""

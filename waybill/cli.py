@@ -93,6 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         exit_when_done=args.exit_when_done,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         fresh=args.fresh,
+        replicas=args.replicas,
     )
     return asyncio.run(run_up(options))
 
@@ -168,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--data-dir", help="where embedded data lives (WAYBILL_DATA_DIR)")
     up.add_argument("--fresh", action="store_true", help="start from an empty database")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="instances of each service, 1-8 (they share its partitions; one relay leads)",
+    )
     up.set_defaults(handler=cmd_up)
 
     run = commands.add_parser("run", help="one service against external Kafka and PostgreSQL")

@@ -26,6 +26,7 @@ import httpx
 from shared.http import new_token
 from shared.infra import Infrastructure, die_with_parent, provision_service_database
 from shared.settings import KafkaSettings
+from waybill.supervisor import CrashLoop, RestartPolicy, Supervisor
 from waybill.system import DEFAULT_PORTS, SERVICES
 
 ROLES = ("shop", "warehouse", "ops", "admin")
@@ -95,6 +96,10 @@ class SystemOptions:
     service_env: Mapping[str, str] = field(default_factory=dict)
     tokens: Mapping[str, str] | None = None
     webhook_secret: str | None = None
+    #: restart a process that ends unexpectedly (waybill.supervisor); off for the benchmark,
+    #: where a crash is a failure to report
+    supervise: bool = False
+    restart_policy: RestartPolicy | None = None
 
 
 def default_ports() -> dict[str, int]:
@@ -122,6 +127,9 @@ class ProcessSystem:
         self.tokens = dict(options.tokens or {role: new_token(18) for role in ROLES})
         self.webhook_secret = options.webhook_secret or new_token(18)
         self.children: list[Child] = []
+        self.supervisor: Supervisor | None = None
+        #: ends with CrashLoop when a process keeps crashing (only with ``supervise``)
+        self.supervision: asyncio.Task[None] | None = None
         #: the first instance of each part (what users and the other services call)
         self.urls: dict[str, str] = {}
         self._child_urls: dict[str, str] = {}
@@ -200,8 +208,17 @@ class ProcessSystem:
             for child in self.children:
                 probe = "/healthz" if child.name == "sandbox" else "/readyz"
                 await _wait_ready(http, child, self._child_urls[child.name] + probe)
+        if self.options.supervise:
+            self.supervisor = Supervisor(self.children, policy=self.options.restart_policy)
+            self.supervision = asyncio.create_task(self.supervisor.run(), name="supervisor")
 
     async def stop(self) -> None:
+        # the supervisor first: the processes stopped now are not to be started again
+        if self.supervision is not None:
+            self.supervision.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CrashLoop):
+                await self.supervision
+            self.supervision = None
         for child in reversed(self.children):
             await child.stop()
 

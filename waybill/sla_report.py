@@ -83,9 +83,18 @@ def render(summary: dict[str, Any]) -> str:
             if not svc.get("reachable"):
                 out.append(f"  {svc['service']:<10} unreachable ({svc.get('error')})")
                 continue
+            process = svc.get("process") or {}
+            restarts = process.get("restarts") or 0
+            restarted = (
+                f"  restarts {restarts} (last: {process.get('last_exit')},"
+                f" started again {process.get('restarted_at')})"
+                if restarts
+                else ""
+            )
             out.append(
                 f"  {svc['service']:<10} outbox {svc['outbox_backlog']}"
                 f"  dead letters {svc['dead_letters']}  consumer lag {svc['consumer_lag']}"
+                + restarted
             )
             circuits = [f"{c['carrier']} {c['circuit']}" for c in svc.get("carriers") or []]
             if circuits:

@@ -36,6 +36,7 @@ from shared.infra import start_infrastructure
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings, default_data_dir
 from waybill.processes import ProcessSystem, SystemOptions, default_ports, tokens_from_environment
+from waybill.supervisor import CrashLoop
 
 log = logging.getLogger("waybill.up")
 
@@ -68,6 +69,8 @@ class UpOptions:
     data_dir: Path | None = None
     fresh: bool = False
     done_timeout_seconds: float = 600.0
+    #: instances of each service (they share the partitions of its consumer group)
+    replicas: int = 1
 
 
 async def run_up(options: UpOptions) -> int:
@@ -101,9 +104,18 @@ async def run_up(options: UpOptions) -> int:
                 sandbox_step_seconds=1.0,
                 tokens=tokens_from_environment(),
                 webhook_secret=os.environ.get("WAYBILL_CARRIER_WEBHOOK_SECRET") or None,
+                replicas=options.replicas,
+                supervise=True,
             ),
         )
         await system.start()
+        assert system.supervisor is not None and system.supervision is not None
+        system.supervisor.on_restart = lambda r: _say(
+            f"! {r.name} ended unexpectedly ({r.exit}); starting it again in "
+            f"{r.delay_seconds:.1f} s (restart {r.restarts}; log: {logs_of(system, r.name)})"
+        )
+        # a process that keeps crashing stops everything, with the reason
+        crashed = asyncio.create_task(_crash_loop(system.supervision, stop))
         urls, tokens, logs = system.urls, system.tokens, system.options.logs
         _print_banner(urls, tokens, infra.kafka_bootstrap, logs, demo=options.demo)
         kafka = KafkaSettings(bootstrap=infra.kafka_bootstrap)
@@ -124,6 +136,9 @@ async def run_up(options: UpOptions) -> int:
                     await demo
         else:
             await stop.wait()
+        if crashed.done() and crashed.result() is not None:
+            _say(f"\nWaybill is stopping: {crashed.result()}")
+            return 1
         return 0
     finally:
         _say("\nStopping ...")
@@ -131,6 +146,22 @@ async def run_up(options: UpOptions) -> int:
             await system.stop()
         await asyncio.to_thread(infra.close)
         _say("Stopped.")
+
+
+def logs_of(system: ProcessSystem, name: str) -> str:
+    return next((str(c.log_path) for c in system.children if c.name == name), "?")
+
+
+async def _crash_loop(supervision: asyncio.Task[None], stop: asyncio.Event) -> str | None:
+    """The reason the supervisor gave up (and ``stop`` set), or None if it was stopped."""
+    try:
+        await supervision
+    except CrashLoop as exc:
+        stop.set()
+        return str(exc)
+    except asyncio.CancelledError:
+        return None
+    return None
 
 
 def _say(text: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from shared.ops_health import messaging_health
+from shared.ops_health import messaging_health, process_health
 from shared.runtime import ServiceRuntime
 
 PEERS = ("inventory", "shipping", "returns")
@@ -26,7 +26,8 @@ async def services_health(runtime: ServiceRuntime) -> list[dict[str, Any]]:
     token = runtime.settings.tokens().get("ops", "")
     async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as http:
         peers = await asyncio.gather(*(_fetch(http, name, urls.get(name), token) for name in PEERS))
-    return [{"service": "orders", "reachable": True, **own, "carriers": None}, *peers]
+    mine = {"carriers": None, "process": process_health(runtime.settings)}
+    return [{"service": "orders", "reachable": True, **own, **mine}, *peers]
 
 
 async def _fetch(http: httpx.AsyncClient, name: str, url: str | None, token: str) -> dict[str, Any]:
