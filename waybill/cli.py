@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 SERVICES = ("orders", "inventory", "shipping", "returns")
+#: waybill.chaos.SCENARIOS, named here so that parsing arguments imports nothing heavy
+CHAOS_SCENARIOS = ("kill-consumer",)
 
 
 def _configure_logging(level: str) -> None:
@@ -123,6 +125,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     tune_for_batches()  # the shop and its watch take as little CPU from the system as they can
     return asyncio.run(run_bench(options))
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from shared.gc_policy import tune_for_batches
+    from waybill.chaos import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        scenario=args.scenario,
+        orders=args.orders,
+        rate=args.rate,
+        kills=args.faults,
+        interval=args.interval,
+        seed=args.seed,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        as_json=args.json,
+    )
+    tune_for_batches()
+    return asyncio.run(run_chaos(options))
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
@@ -241,6 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a setting for every service (repeatable), for experiments",
     )
     bench.set_defaults(handler=cmd_bench)
+
+    chaos = commands.add_parser(
+        "chaos", help="the system under a real fault; exit 1 on any loss, duplicate or drift"
+    )
+    chaos.add_argument("scenario", choices=[*CHAOS_SCENARIOS, "all"])
+    chaos.add_argument("--orders", type=int, default=None, help="default: rate x faults x interval")
+    chaos.add_argument("--rate", type=float, default=100.0, help="orders per second")
+    chaos.add_argument("--faults", type=int, default=20, help="how many faults to inject")
+    chaos.add_argument("--interval", type=float, default=2.0, help="seconds between faults")
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--data-dir", help="embedded data and logs (default: a temporary one)")
+    chaos.add_argument("--json", action="store_true", help="the verdicts as JSON")
+    chaos.set_defaults(handler=cmd_chaos)
 
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the code")
     asyncapi.add_argument("--output", default="docs/asyncapi.yaml")

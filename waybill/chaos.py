@@ -1,0 +1,172 @@
+"""``waybill chaos SCENARIO``: the system under a real fault, driven by orders at a steady
+rate, and a verdict on what it lost, doubled or drifted.
+
+It starts the system the way ``waybill up`` does (embedded broker and database, the carrier
+sandbox, the four services as supervised processes, automatic picking), stocks it, places
+orders at ``--rate`` per second and injects the scenario's fault while they flow. Then it
+waits for every order to get its label and checks, at the carrier and in the stock, that
+each got exactly one and that stock moved by exactly the units ordered
+(the same checks as ``waybill bench``).
+
+Scenarios built so far:
+
+- ``kill-consumer``: every ``--interval`` seconds a random service process is killed with
+  SIGKILL, in the middle of whatever batch it holds; the supervisor starts it again.
+
+The verdict's exit status is 1 on any order lost, any second label at the carrier, any
+stock drift or dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.infra import start_infrastructure
+from waybill.bench import Bench, BenchFailed, BenchOptions
+from waybill.processes import ProcessSystem, SystemOptions
+from waybill.supervisor import RestartPolicy
+from waybill.system import SERVICES
+
+SCENARIOS = ("kill-consumer",)
+
+#: a process killed this often is not in a crash loop: the supervisor must not give up
+CHAOS_RESTARTS = RestartPolicy(base_seconds=0.5, max_seconds=2.0, max_restarts=1000)
+
+
+@dataclass
+class ChaosOptions:
+    scenario: str
+    #: default: enough for the faults to happen while orders flow (rate x faults x interval)
+    orders: int | None = None
+    rate: float = 100.0
+    kills: int = 20
+    interval: float = 2.0
+    seed: int = 1
+    data_dir: Path | None = None
+    as_json: bool = False
+
+
+@dataclass
+class ChaosResult:
+    scenario: str
+    orders: int
+    rate: float
+    faults: list[str] = field(default_factory=list)
+    restarts: int = 0
+    seconds: float = 0.0
+    #: from the last fault to the last order's label
+    recovered_seconds: float | None = None
+    checks: dict[str, Any] = field(default_factory=dict)
+    passed: bool = False
+
+
+async def kill_consumers(
+    system: ProcessSystem, options: ChaosOptions, faults: list[str], last_fault: list[float]
+) -> None:
+    """SIGKILL a random service instance every ``interval`` seconds, ``kills`` times."""
+    rng = random.Random(options.seed)
+    services = [c for c in system.children if c.name.split("#")[0] in SERVICES]
+    while len(faults) < options.kills:
+        await asyncio.sleep(options.interval)
+        running = [c for c in services if c.process is not None and c.process.returncode is None]
+        if not running:
+            continue  # all are being started again
+        victim = rng.choice(running)
+        assert victim.process is not None
+        victim.process.send_signal(signal.SIGKILL)
+        faults.append(f"{time.monotonic():.1f} SIGKILL {victim.name}")
+        last_fault[0] = time.monotonic()
+
+
+async def run_scenario(options: ChaosOptions) -> ChaosResult:
+    data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="waybill-chaos-"))
+    print(f"waybill chaos {options.scenario}: data and logs in {data_dir}", file=sys.stderr)
+    infra = await asyncio.to_thread(
+        start_infrastructure, data_dir=data_dir, durable=True, prefer="embedded"
+    )
+    orders = options.orders or round(options.rate * (options.kills + 2) * options.interval)
+    result = ChaosResult(options.scenario, orders, options.rate)
+    system = ProcessSystem(
+        infra,
+        SystemOptions(
+            logs=data_dir / "logs",
+            autopick=True,
+            sandbox_step_seconds=0.25,
+            supervise=True,
+            restart_policy=CHAOS_RESTARTS,
+        ),
+    )
+    try:
+        await system.start()
+        bench = Bench(BenchOptions(orders=orders, references=False), infra, system)
+        try:
+            await bench.start()
+            last_fault = [0.0]
+            fault = asyncio.create_task(kill_consumers(system, options, result.faults, last_fault))
+            started = time.monotonic()
+            try:
+                await bench.phase(options.scenario, orders, options.rate)
+            except BenchFailed as exc:  # orders that never got a label in time
+                print(f"waybill chaos: {exc}", file=sys.stderr)
+            finally:
+                fault.cancel()
+                await asyncio.gather(fault, return_exceptions=True)
+            result.seconds = round(time.monotonic() - started, 1)
+            if last_fault[0]:
+                result.recovered_seconds = round(max(0.0, time.monotonic() - last_fault[0]), 1)
+            await bench.settle()
+            result.checks = await bench.check(strict=False)
+            result.passed = not result.checks["problems"]
+        finally:
+            await bench.close()
+        result.restarts = len(system.supervisor.restarts) if system.supervisor else 0
+    finally:
+        await system.stop()
+        await asyncio.to_thread(infra.close)
+        if options.data_dir is None and result.passed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return result
+
+
+def render(results: list[ChaosResult]) -> str:
+    head = (
+        f"{'scenario':<16}{'placed':>8}{'labelled':>10}{'lost':>6}{'doubled':>9}"
+        f"{'drift':>7}{'dead':>6}{'faults':>8}{'restarts':>10}{'recovered':>11}  verdict"
+    )
+    lines = [head]
+    for r in results:
+        c = r.checks
+        drift = c.get("units_shipped", 0) - c.get("units_ordered", 0)
+        dead = sum((c.get("dead_letters") or {}).values())
+        recovered = f"{r.recovered_seconds:.1f} s" if r.recovered_seconds is not None else "-"
+        lines.append(
+            f"{r.scenario:<16}{c.get('orders', 0):>8}{c.get('labelled', 0):>10}"
+            f"{c.get('lost', 0):>6}{c.get('doubled', 0):>9}{drift:>7}{dead:>6}"
+            f"{len(r.faults):>8}{r.restarts:>10}{recovered:>11}  {'PASS' if r.passed else 'FAIL'}"
+        )
+        for problem in c.get("problems") or []:
+            lines.append(f"  problem: {problem}")
+    return "\n".join(lines)
+
+
+async def run_chaos(options: ChaosOptions) -> int:
+    scenarios = SCENARIOS if options.scenario == "all" else (options.scenario,)
+    results = []
+    for scenario in scenarios:
+        one = ChaosOptions(**{**asdict(options), "scenario": scenario})
+        results.append(await run_scenario(one))
+    if options.as_json:
+        print(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    else:
+        print(render(results))
+    return 0 if all(r.passed for r in results) else 1
