@@ -12,6 +12,10 @@ Scenarios built so far:
 
 - ``kill-consumer``: every ``--interval`` seconds a random service process is killed with
   SIGKILL, in the middle of whatever batch it holds; the supervisor starts it again.
+- ``kill-relay``: every ``--interval`` seconds the fault point ``relay-after-publish`` is
+  armed for a random service on the path placed → label (orders, inventory, shipping):
+  the next relay round of that service that the broker acknowledged kills its process
+  before the watermark moves (shared/faults.py), so those rows are published twice.
 
 The verdict's exit status is 1 on any order lost, any second label at the carrier, any
 stock drift or dead letter.
@@ -31,13 +35,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.faults import ENV as FAULTS_ENV
+from shared.faults import RELAY_AFTER_PUBLISH, arm
 from shared.infra import start_infrastructure
 from waybill.bench import Bench, BenchFailed, BenchOptions
 from waybill.processes import ProcessSystem, SystemOptions
 from waybill.supervisor import RestartPolicy
 from waybill.system import SERVICES
 
-SCENARIOS = ("kill-consumer",)
+SCENARIOS = ("kill-consumer", "kill-relay")
+#: the services whose relays publish on the path placed -> label (returns publishes only
+#: what returns do, which the load does not make)
+RELAY_SERVICES = ("orders", "inventory", "shipping")
+#: an armed fault point that no relay round took in this long is disarmed and tried elsewhere
+ARMED_SECONDS = 10.0
+#: how long the path stalls after a fault, for the default number of orders: a relay
+#: killed on the path holds its downstream hops (and so the next fault point) until its
+#: consumer group has settled again, several seconds on the embedded broker
+SETTLE_SECONDS = {"kill-consumer": 0.0, "kill-relay": 8.0}
 
 #: a process killed this often is not in a crash loop: the supervisor must not give up
 CHAOS_RESTARTS = RestartPolicy(base_seconds=0.5, max_seconds=2.0, max_restarts=1000)
@@ -46,7 +61,7 @@ CHAOS_RESTARTS = RestartPolicy(base_seconds=0.5, max_seconds=2.0, max_restarts=1
 @dataclass
 class ChaosOptions:
     scenario: str
-    #: default: enough for the faults to happen while orders flow (rate x faults x interval)
+    #: default: enough for the faults to happen while orders flow
     orders: int | None = None
     rate: float = 100.0
     kills: int = 20
@@ -88,13 +103,38 @@ async def kill_consumers(
         last_fault[0] = time.monotonic()
 
 
+async def kill_relays(
+    folder: Path, options: ChaosOptions, faults: list[str], last_fault: list[float]
+) -> None:
+    """Arm ``relay-after-publish`` for a random service every ``interval`` seconds, and
+    count it once a relay round took it (the file is gone: that process is dead)."""
+    rng = random.Random(options.seed)
+    while len(faults) < options.kills:
+        await asyncio.sleep(options.interval)
+        service = rng.choice(RELAY_SERVICES)
+        armed = arm(folder, RELAY_AFTER_PUBLISH, service)
+        deadline = time.monotonic() + ARMED_SECONDS
+        # another process takes the file: nothing here to wait on but the file itself
+        while armed.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if armed.exists():
+            armed.unlink(missing_ok=True)  # nothing published meanwhile: not a fault
+            continue
+        faults.append(f"{time.monotonic():.1f} {RELAY_AFTER_PUBLISH} {service}")
+        last_fault[0] = time.monotonic()
+
+
 async def run_scenario(options: ChaosOptions) -> ChaosResult:
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="waybill-chaos-"))
     print(f"waybill chaos {options.scenario}: data and logs in {data_dir}", file=sys.stderr)
     infra = await asyncio.to_thread(
         start_infrastructure, data_dir=data_dir, durable=True, prefer="embedded"
     )
-    orders = options.orders or round(options.rate * (options.kills + 2) * options.interval)
+    orders = options.orders or round(
+        options.rate * (options.kills + 2) * (options.interval + SETTLE_SECONDS[options.scenario])
+    )
+    faults_dir = data_dir / "faults"
+    faults_dir.mkdir(parents=True, exist_ok=True)
     result = ChaosResult(options.scenario, orders, options.rate)
     system = ProcessSystem(
         infra,
@@ -104,6 +144,7 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
             sandbox_step_seconds=0.25,
             supervise=True,
             restart_policy=CHAOS_RESTARTS,
+            service_env={FAULTS_ENV: str(faults_dir)},
         ),
     )
     try:
@@ -112,7 +153,12 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
         try:
             await bench.start()
             last_fault = [0.0]
-            fault = asyncio.create_task(kill_consumers(system, options, result.faults, last_fault))
+            inject = (
+                kill_consumers(system, options, result.faults, last_fault)
+                if options.scenario == "kill-consumer"
+                else kill_relays(faults_dir, options, result.faults, last_fault)
+            )
+            fault = asyncio.create_task(inject)
             started = time.monotonic()
             try:
                 await bench.phase(options.scenario, orders, options.rate)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 SERVICES = ("orders", "inventory", "shipping", "returns")
 #: waybill.chaos.SCENARIOS, named here so that parsing arguments imports nothing heavy
-CHAOS_SCENARIOS = ("kill-consumer",)
+CHAOS_SCENARIOS = ("kill-consumer", "kill-relay")
 
 
 def _configure_logging(level: str) -> None:
@@ -266,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         "chaos", help="the system under a real fault; exit 1 on any loss, duplicate or drift"
     )
     chaos.add_argument("scenario", choices=[*CHAOS_SCENARIOS, "all"])
-    chaos.add_argument("--orders", type=int, default=None, help="default: rate x faults x interval")
+    chaos.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        help="default: enough for every fault to happen under load",
+    )
     chaos.add_argument("--rate", type=float, default=100.0, help="orders per second")
     chaos.add_argument("--faults", type=int, default=20, help="how many faults to inject")
     chaos.add_argument("--interval", type=float, default=2.0, help="seconds between faults")

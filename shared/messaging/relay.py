@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.db.pool import init_connection
 from shared.db.uow import outbox_channel
+from shared.faults import RELAY_AFTER_PUBLISH, die_if_armed
 
 log = logging.getLogger("waybill.relay")
 
@@ -144,6 +145,8 @@ class OutboxRelay:
                 )
             )
         await asyncio.gather(*deliveries)
+        # acknowledged by the broker, watermark not moved: a crash here publishes them again
+        die_if_armed(RELAY_AFTER_PUBLISH, self._schema)
         await db.execute(
             """
             UPDATE outbox_relay SET published_through = $1, updated_at = now()

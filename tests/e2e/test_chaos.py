@@ -50,3 +50,40 @@ def test_services_killed_with_9_under_load_lose_and_double_nothing(tmp_path: Pat
     assert checks["labels_at_carrier"] == checks["orders"]
     assert checks["units_shipped"] == checks["units_ordered"]
     assert not any(checks["dead_letters"].values())
+
+
+def test_relays_killed_after_the_broker_acknowledged_publish_again_and_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "waybill.cli",
+            "chaos",
+            "kill-relay",
+            "--faults",
+            "2",
+            "--interval",
+            "1",
+            "--rate",
+            "40",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (verdict,) = json.loads(result.stdout)
+    assert verdict["scenario"] == "kill-relay" and verdict["passed"] is True
+    assert len(verdict["faults"]) == 2
+    assert all(" relay-after-publish " in fault for fault in verdict["faults"])
+    assert verdict["restarts"] >= 2  # each process that took the fault point was killed
+    checks = verdict["checks"]
+    assert checks["lost"] == 0 and checks["doubled"] == 0
+    assert checks["labels_at_carrier"] == checks["orders"] == verdict["orders"]
+    assert checks["units_shipped"] == checks["units_ordered"]
