@@ -16,6 +16,10 @@ Scenarios built so far:
   armed for a random service on the path placed → label (orders, inventory, shipping):
   the next relay round of that service that the broker acknowledged kills its process
   before the watermark moves (shared/faults.py), so those rows are published twice.
+- ``carrier-faults``: while the orders flow, the carrier sandbox fails 30 % of requests
+  with a 500, lets 10 % hang past the client's timeout after acting on them, and answers
+  5 % with a 429; labels are retried, pinned and moved between carriers. Once the last
+  order is placed the carriers recover, and each order must have exactly one label.
 
 The verdict's exit status is 1 on any order lost, any second label at the carrier, any
 stock drift or dead letter.
@@ -31,6 +35,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from waybill.processes import ProcessSystem, SystemOptions
 from waybill.supervisor import RestartPolicy
 from waybill.system import SERVICES
 
-SCENARIOS = ("kill-consumer", "kill-relay")
+SCENARIOS = ("kill-consumer", "kill-relay", "carrier-faults")
 #: the services whose relays publish on the path placed -> label (returns publishes only
 #: what returns do, which the load does not make)
 RELAY_SERVICES = ("orders", "inventory", "shipping")
@@ -52,7 +57,18 @@ ARMED_SECONDS = 10.0
 #: how long the path stalls after a fault, for the default number of orders: a relay
 #: killed on the path holds its downstream hops (and so the next fault point) until its
 #: consumer group has settled again, several seconds on the embedded broker
-SETTLE_SECONDS = {"kill-consumer": 0.0, "kill-relay": 8.0}
+SETTLE_SECONDS = {"kill-consumer": 0.0, "kill-relay": 8.0, "carrier-faults": 0.0}
+#: how long ``carrier-faults`` places orders by default
+CARRIER_FAULT_SECONDS = 30.0
+#: what the sandbox does to every carrier request during ``carrier-faults`` (a timed-out
+#: request hangs past the services' carrier timeout, after the sandbox acted on it)
+CARRIER_FAULTS = {
+    "error_rate": 0.3,
+    "timeout_rate": 0.1,
+    "rate_limit_rate": 0.05,
+    "retry_after_seconds": 1,
+    "timeout_seconds": 10.0,
+}
 
 #: a process killed this often is not in a crash loop: the supervisor must not give up
 CHAOS_RESTARTS = RestartPolicy(base_seconds=0.5, max_seconds=2.0, max_restarts=1000)
@@ -124,14 +140,38 @@ async def kill_relays(
         last_fault[0] = time.monotonic()
 
 
+async def carrier_faults(bench: Bench, faults: list[str], orders: int) -> None:
+    """Faulty carriers from the first order to the last one placed; then the carriers
+    recover (the faults are cleared) and what was injected is counted by the sandbox."""
+    sandbox = bench.system.urls["sandbox"]
+    r = await bench.http.post(f"{sandbox}/sandbox/faults", json=CARRIER_FAULTS)
+    r.raise_for_status()
+    faults.append(f"{time.monotonic():.1f} carriers: " + json.dumps(CARRIER_FAULTS))
+    while len(bench.placed) < orders:  # noqa: ASYNC110 (the shop's count, no event to wait on)
+        await asyncio.sleep(0.1)
+    stats = (await bench.http.get(f"{sandbox}/sandbox/stats")).json()
+    (await bench.http.delete(f"{sandbox}/sandbox/faults")).raise_for_status()
+    faults.append(
+        f"{time.monotonic():.1f} {stats['errors']} errors, {stats['timeouts']} timeouts, "
+        f"{stats['rate_limited']} 429s in {stats['label_requests']} label requests, "
+        "then the carriers recovered"
+    )
+
+
 async def run_scenario(options: ChaosOptions) -> ChaosResult:
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="waybill-chaos-"))
     print(f"waybill chaos {options.scenario}: data and logs in {data_dir}", file=sys.stderr)
     infra = await asyncio.to_thread(
         start_infrastructure, data_dir=data_dir, durable=True, prefer="embedded"
     )
-    orders = options.orders or round(
-        options.rate * (options.kills + 2) * (options.interval + SETTLE_SECONDS[options.scenario])
+    orders = options.orders or (
+        round(options.rate * CARRIER_FAULT_SECONDS)
+        if options.scenario == "carrier-faults"
+        else round(
+            options.rate
+            * (options.kills + 2)
+            * (options.interval + SETTLE_SECONDS[options.scenario])
+        )
     )
     faults_dir = data_dir / "faults"
     faults_dir.mkdir(parents=True, exist_ok=True)
@@ -153,11 +193,12 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
         try:
             await bench.start()
             last_fault = [0.0]
-            inject = (
-                kill_consumers(system, options, result.faults, last_fault)
-                if options.scenario == "kill-consumer"
-                else kill_relays(faults_dir, options, result.faults, last_fault)
-            )
+            if options.scenario == "kill-consumer":
+                inject = kill_consumers(system, options, result.faults, last_fault)
+            elif options.scenario == "kill-relay":
+                inject = kill_relays(faults_dir, options, result.faults, last_fault)
+            else:
+                inject = carrier_faults(bench, result.faults, orders)
             fault = asyncio.create_task(inject)
             started = time.monotonic()
             try:
@@ -200,6 +241,13 @@ def render(results: list[ChaosResult]) -> str:
             f"{c.get('lost', 0):>6}{c.get('doubled', 0):>9}{drift:>7}{dead:>6}"
             f"{len(r.faults):>8}{r.restarts:>10}{recovered:>11}  {'PASS' if r.passed else 'FAIL'}"
         )
+        if r.scenario == "carrier-faults":
+            lines += [f"  injected: {f.split(' ', 1)[1]}" for f in r.faults]
+        else:  # "<time> <fault> <service>"
+            hit = Counter(f.rsplit(" ", 1)[-1] for f in r.faults)
+            lines.append(
+                "  faults per service: " + ", ".join(f"{k} {n}" for k, n in sorted(hit.items()))
+            )
         for problem in c.get("problems") or []:
             lines.append(f"  problem: {problem}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 SERVICES = ("orders", "inventory", "shipping", "returns")
 #: waybill.chaos.SCENARIOS, named here so that parsing arguments imports nothing heavy
-CHAOS_SCENARIOS = ("kill-consumer", "kill-relay")
+CHAOS_SCENARIOS = ("kill-consumer", "kill-relay", "carrier-faults")
 
 
 def _configure_logging(level: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,4 +87,39 @@ def test_relays_killed_after_the_broker_acknowledged_publish_again_and_lose_noth
     checks = verdict["checks"]
     assert checks["lost"] == 0 and checks["doubled"] == 0
     assert checks["labels_at_carrier"] == checks["orders"] == verdict["orders"]
+    assert checks["units_shipped"] == checks["units_ordered"]
+
+
+def test_faulty_carriers_still_sell_exactly_one_label_per_order(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "waybill.cli",
+            "chaos",
+            "carrier-faults",
+            "--rate",
+            "20",
+            "--orders",
+            "200",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (verdict,) = json.loads(result.stdout)
+    assert verdict["scenario"] == "carrier-faults" and verdict["passed"] is True
+    injected = verdict["faults"][-1]
+    errors, _timeouts, limited = (
+        int(n) for n in re.findall(r"(\d+) (?:errors|timeouts|429s)", injected)
+    )
+    assert errors > 0 and limited > 0, injected  # the faults really happened
+    checks = verdict["checks"]
+    assert checks["orders"] == 200 and checks["lost"] == 0 and checks["doubled"] == 0
+    assert checks["labels_at_carrier"] == 200
     assert checks["units_shipped"] == checks["units_ordered"]
