@@ -10,29 +10,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
 
-def test_services_killed_with_9_under_load_lose_and_double_nothing(tmp_path: Path) -> None:
+def chaos(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run `waybill chaos ARGS --json` as a user would; its one verdict, which passed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "waybill.cli",
-            "chaos",
-            "kill-consumer",
-            "--faults",
-            "4",
-            "--interval",
-            "2",
-            "--rate",
-            "40",
-            "--json",
-        ],
+        [sys.executable, "-m", "waybill.cli", "chaos", *args, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -41,7 +30,12 @@ def test_services_killed_with_9_under_load_lose_and_double_nothing(tmp_path: Pat
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (verdict,) = json.loads(result.stdout)
-    assert verdict["scenario"] == "kill-consumer" and verdict["passed"] is True
+    assert verdict["scenario"] == args[0] and verdict["passed"] is True
+    return dict(verdict)
+
+
+def test_services_killed_with_9_under_load_lose_and_double_nothing(tmp_path: Path) -> None:
+    verdict = chaos(tmp_path, "kill-consumer", "--faults", "4", "--interval", "2", "--rate", "40")
     assert len(verdict["faults"]) == 4
     assert all(" SIGKILL " in fault for fault in verdict["faults"])
     assert verdict["restarts"] >= 4  # every killed process was started again
@@ -56,31 +50,7 @@ def test_services_killed_with_9_under_load_lose_and_double_nothing(tmp_path: Pat
 def test_relays_killed_after_the_broker_acknowledged_publish_again_and_lose_nothing(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "waybill.cli",
-            "chaos",
-            "kill-relay",
-            "--faults",
-            "2",
-            "--interval",
-            "1",
-            "--rate",
-            "40",
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (verdict,) = json.loads(result.stdout)
-    assert verdict["scenario"] == "kill-relay" and verdict["passed"] is True
+    verdict = chaos(tmp_path, "kill-relay", "--faults", "2", "--interval", "1", "--rate", "40")
     assert len(verdict["faults"]) == 2
     assert all(" relay-after-publish " in fault for fault in verdict["faults"])
     assert verdict["restarts"] >= 2  # each process that took the fault point was killed
@@ -91,29 +61,7 @@ def test_relays_killed_after_the_broker_acknowledged_publish_again_and_lose_noth
 
 
 def test_faulty_carriers_still_sell_exactly_one_label_per_order(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "waybill.cli",
-            "chaos",
-            "carrier-faults",
-            "--rate",
-            "20",
-            "--orders",
-            "200",
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (verdict,) = json.loads(result.stdout)
-    assert verdict["scenario"] == "carrier-faults" and verdict["passed"] is True
+    verdict = chaos(tmp_path, "carrier-faults", "--rate", "20", "--orders", "200")
     injected = verdict["faults"][-1]
     errors, _timeouts, limited = (
         int(n) for n in re.findall(r"(\d+) (?:errors|timeouts|429s)", injected)
