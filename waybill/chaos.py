@@ -106,7 +106,7 @@ async def kill_consumers(
 ) -> None:
     """SIGKILL a random service instance every ``interval`` seconds, ``kills`` times."""
     rng = random.Random(options.seed)
-    services = [c for c in system.children if c.name.split("#")[0] in SERVICES]
+    services = [child for name in SERVICES for child in system.instances(name)]
     while len(faults) < options.kills:
         await asyncio.sleep(options.interval)
         running = [c for c in services if c.process is not None and c.process.returncode is None]

@@ -71,6 +71,7 @@ class Restart:
     at: datetime
     restarts: int
     delay_seconds: float
+    log_path: Path
 
 
 @dataclass
@@ -137,7 +138,9 @@ class Supervisor:
             delay = self.policy.delay(len(record.recent))
             record.recent.append(now)
             record.restarts += 1
-            restart = Restart(child.name, ended, datetime.now(UTC), record.restarts, delay)
+            restart = Restart(
+                child.name, ended, datetime.now(UTC), record.restarts, delay, child.log_path
+            )
             self.restarts.append(restart)
             log.warning(
                 "%s ended unexpectedly (%s); restart %d in %.1f s",

@@ -112,7 +112,7 @@ async def run_up(options: UpOptions) -> int:
         assert system.supervisor is not None and system.supervision is not None
         system.supervisor.on_restart = lambda r: _say(
             f"! {r.name} ended unexpectedly ({r.exit}); starting it again in "
-            f"{r.delay_seconds:.1f} s (restart {r.restarts}; log: {logs_of(system, r.name)})"
+            f"{r.delay_seconds:.1f} s (restart {r.restarts}; log: {r.log_path})"
         )
         # a process that keeps crashing stops everything, with the reason
         crashed = asyncio.create_task(_crash_loop(system.supervision, stop))
@@ -146,10 +146,6 @@ async def run_up(options: UpOptions) -> int:
             await system.stop()
         await asyncio.to_thread(infra.close)
         _say("Stopped.")
-
-
-def logs_of(system: ProcessSystem, name: str) -> str:
-    return next((str(c.log_path) for c in system.children if c.name == name), "?")
 
 
 async def _crash_loop(supervision: asyncio.Task[None], stop: asyncio.Event) -> str | None:

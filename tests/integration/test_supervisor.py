@@ -18,12 +18,12 @@ from waybill.supervisor import CrashLoop, RestartPolicy, Supervisor, describe_ex
 
 #: writes what the supervisor told it to a file named by its argument, then waits
 REPORTING = """
-import json, os, sys, time
+import json, os, signal, sys
 keys = ("WAYBILL_SUPERVISOR_RESTARTS", "WAYBILL_SUPERVISOR_LAST_EXIT",
         "WAYBILL_SUPERVISOR_RESTARTED_AT")
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps({"pid": os.getpid(), **{k: os.environ.get(k) for k in keys}}) + "\\n")
-time.sleep(120)
+signal.pause()  # until the test kills it
 """
 
 
