@@ -46,6 +46,10 @@ redrives = meter.create_counter(
 stuck_orders = meter.create_counter(
     "waybill.orders.stuck", description="orders that did not move after their re-drive"
 )
+broker_losses = meter.create_counter(
+    "waybill.broker.losses",
+    description="times a service found the broker's data lost (a new broker epoch)",
+)
 carrier_calls = meter.create_counter(
     "waybill.carrier.calls", description="carrier API calls by carrier, operation and outcome"
 )

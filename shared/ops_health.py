@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.db.uow import Connection
+from shared.messaging.epoch import epoch_health
 from shared.settings import ServiceSettings
 
 #: when this process started (a restart shows as a later time)
@@ -42,8 +43,9 @@ async def save_consumer_lag(conn: Connection, lag: dict[tuple[str, int], int]) -
 
 
 async def messaging_health(conn: Connection, *, fresh_seconds: float) -> dict[str, Any]:
-    """The service's outbox, dead letters (not replayed yet, per topic) and consumer lag
-    (per topic, summed over the partitions measured within ``fresh_seconds``)."""
+    """The service's outbox, dead letters (not replayed yet, per topic), consumer lag
+    (per topic, summed over the partitions measured within ``fresh_seconds``) and the
+    broker epoch it saw (with the broker data losses it found)."""
     outbox = await conn.fetchrow(
         """
         SELECT count(*) AS backlog,
@@ -68,6 +70,7 @@ async def messaging_health(conn: Connection, *, fresh_seconds: float) -> dict[st
     )
     assert outbox is not None
     return {
+        "broker_epoch": await epoch_health(conn),
         "outbox_backlog": int(outbox["backlog"]),
         "outbox_oldest_seconds": round(float(outbox["oldest"]), 3),
         "dead_letters": sum(int(r["n"]) for r in dead),

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from shared.clock import Clock, SystemClock
 from shared.db import MigrationSource, apply_migrations, create_pool, shared_migrations
 from shared.messaging import (
+    BrokerEpoch,
     EventConsumer,
     FetchPacer,
     OutboxRelay,
@@ -30,7 +31,8 @@ from shared.messaging import (
     pace_fetches,
     subscribe,
 )
-from shared.metrics import configure_metrics, forget, observe
+from shared.messaging.epoch import record_epoch
+from shared.metrics import broker_losses, configure_metrics, forget, observe
 from shared.ops_health import save_consumer_lag
 from shared.settings import KafkaSettings, ServiceSettings
 from shared.telemetry import configure_tracing
@@ -74,6 +76,9 @@ class ServiceRuntime:
         self._relay: OutboxRelay | None = None
         self._broker: KafkaBroker | None = None
         self._pacer: FetchPacer | None = None
+        self._epoch: BrokerEpoch | None = None
+        #: the broker epoch this instance saw last (None before its first look)
+        self.broker_epoch: str | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.extras: dict[str, Any] = {}
         #: run at stop, last first: clients the composition root opened
@@ -144,6 +149,8 @@ class ServiceRuntime:
             topic_prefix=self.kafka.topic_prefix,
         )
         self._relay.start()
+        self._epoch = BrokerEpoch(self.kafka, self._producer, client_id=f"waybill-{self.name}")
+        await self._epoch.start()
         self.consumer.bind(self._pool, topic_prefix=self.kafka.topic_prefix)
         if self.consumer.topics:
             self._broker = create_broker(self.kafka, client_id=f"waybill-{self.name}")
@@ -165,7 +172,7 @@ class ServiceRuntime:
             )
             await self._broker.start()
             pace_fetches(self._broker, self._pacer)
-        for worker in [*self.definition.workers, _watch_outbox, _watch_broker]:
+        for worker in [*self.definition.workers, _watch_outbox, _watch_broker, _watch_epoch]:
             self._workers.append(
                 asyncio.create_task(self._supervise(worker), name=f"{self.name}-worker")
             )
@@ -217,6 +224,9 @@ class ServiceRuntime:
         if self._relay is not None:
             await self._bounded(self._relay.stop(), "outbox relay")
             self._relay = None
+        if self._epoch is not None:
+            await self._bounded(self._epoch.stop(), "broker epoch reader")
+            self._epoch = None
         if self._producer is not None:
             await self._bounded(self._producer.stop(), "producer")
             self._producer = None
@@ -272,6 +282,45 @@ class ServiceRuntime:
                     lag[(topic, tp.partition)] = max(0, highwater - position)
         return lag
 
+    def _consumers(self) -> list[AIOKafkaConsumer]:
+        if self._broker is None:
+            return []
+        found = (getattr(s, "consumer", None) for s in self._broker.subscribers)
+        return [c for c in found if c is not None]
+
+    async def check_epoch(self) -> None:
+        """Read the broker epoch; when it is not the one seen before, the broker lost its
+        data: publish the recent outbox again and read the topics from their beginning
+        (shared/messaging/epoch.py)."""
+        assert self._epoch is not None
+        epoch = await self._epoch.current(self.topics())
+        if epoch is None or epoch == self.broker_epoch:
+            return
+        seen_before, self.broker_epoch = self.broker_epoch, epoch
+        window = self.settings.broker_loss_republish_seconds
+        async with self.pool.acquire() as conn:
+            republished = await record_epoch(conn, epoch, window_seconds=window)
+        if republished is not None:
+            broker_losses.add(1, {"service": self.name})
+            log.warning(
+                "%s: the broker lost its data (epoch %s, was %s); publishing the %d outbox "
+                "events of the last %.0f s again",
+                self.name,
+                epoch,
+                seen_before or "another one",
+                republished,
+                window,
+            )
+            if self._relay is not None:
+                self._relay.wake()
+        if seen_before is not None:
+            # what was published after the loss and before this look is in the new topics,
+            # below offsets this consumer may have passed in the old ones
+            for consumer in self._consumers():
+                if consumer.assignment():
+                    await consumer.seek_to_beginning()
+            log.warning("%s: reading its topics from the beginning again", self.name)
+
     async def readiness(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""
         database = broker = False
@@ -305,14 +354,23 @@ async def _watch_outbox(runtime: ServiceRuntime) -> None:
         await asyncio.sleep(OUTBOX_WATCH_SECONDS)
 
 
+async def _watch_epoch(runtime: ServiceRuntime) -> None:
+    """Read the broker epoch at once, then every ``broker_epoch_check_seconds``."""
+    while True:
+        try:
+            await runtime.check_epoch()
+        except Exception as exc:  # the broker is down or restarting: look again next round
+            log.warning("%s could not read the broker epoch: %s", runtime.name, exc)
+        await asyncio.sleep(runtime.settings.broker_epoch_check_seconds)
+
+
 async def _watch_broker(runtime: ServiceRuntime) -> None:
     """Every ``broker_check_seconds``: create this service's topics if they are missing and
     measure its consumer lag.
 
-    Topics go missing when a memory-only broker (the embedded one) restarts; until they are
-    back, the relay cannot publish and the consumer has nothing to fetch. Events in flight at
-    such a restart are lost to the broker but not to Waybill: the outbox keeps them, and the
-    stuck-order check in orders re-drives them (services/orders/redrive.py).
+    Topics go missing when a memory-only broker (the embedded one) restarts; the epoch
+    check (``_watch_epoch``) notices that within seconds, creates them and publishes the
+    events that were in flight again; this round is the slower check of the topics alone.
     """
     interval = runtime.settings.broker_check_seconds
     while True:

@@ -81,6 +81,12 @@ class ServiceSettings(BaseSettings):
     #: how often a service checks its topics exist (a memory-only broker loses them when it
     #: restarts) and measures its consumer lag
     broker_check_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: how often a service reads the broker epoch (shared/messaging/epoch.py): how soon it
+    #: notices that the broker lost its data
+    broker_epoch_check_seconds: float = Field(default=2.0, gt=0, le=600)
+    #: when the broker lost its data, the outbox rows of this many seconds back are
+    #: published again: longer than any consumer (Waybill's or a shop's) may lag behind
+    broker_loss_republish_seconds: float = Field(default=300.0, ge=0, le=7 * 86400)
     #: set by the supervisor of ``waybill up`` when it starts this process again after it
     #: ended unexpectedly: how often, how it last ended, when (shown in GET /ops/health)
     supervisor_restarts: int = Field(default=0, ge=0)

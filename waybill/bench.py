@@ -47,9 +47,11 @@ import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from shared import topics
 from shared.infra import Infrastructure, start_infrastructure
+from shared.messaging.epoch import BrokerEpoch
 from shared.messaging.fetch import FetchPacer
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
@@ -168,6 +170,8 @@ SHOP_LINGER_MS = 5
 
 #: how often the benchmark's watch fetches (ms): its times are the records' timestamps
 WATCH_FETCH_MS = 250
+#: how often the shop sends an order the broker refused before it gives up
+SHOP_SEND_ATTEMPTS = 10
 
 
 class TopicWatch:
@@ -193,6 +197,8 @@ class TopicWatch:
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
+            # a broker that lost its data starts its offsets again: read the new log whole
+            auto_offset_reset="earliest",
             fetch_max_wait_ms=self.pacer.max_ms,
             max_partition_fetch_bytes=4 * 2**20,
             **client_options(self.kafka),
@@ -242,6 +248,12 @@ class TopicWatch:
             # a few fetches a second: the times kept are the records' own, and the shop's
             # watch costs the broker little of what it measures
             await asyncio.sleep(WATCH_FETCH_MS / 1000)
+
+    async def rewind(self) -> None:
+        """Read every topic from its beginning again (after the broker lost its data, the
+        new topics' first records lie below the offsets already read); what was seen stays."""
+        if self._consumer is not None:
+            await self._consumer.seek_to_beginning()
 
     async def stop(self) -> None:
         """Stop watching (a second call does nothing); what was seen stays."""
@@ -463,12 +475,60 @@ class Bench:
             self.received[sku] += quantity * 3  # one receipt per demo warehouse
 
     async def send(self, order: dict[str, Any], body: bytes) -> asyncio.Future[Any]:
+        """Place ``order``; the future ends when the broker acknowledged it."""
         self.placed[order["order_id"]] = order
         self.sent_at[order["order_id"]] = time.time()  # the clock of record timestamps
-        delivery: asyncio.Future[Any] = await self.producer.send(
-            topics.ORDERS_PLACED, body, key=order["order_id"].encode()
-        )
-        return delivery
+        return await self._send_placed(order["order_id"], body)
+
+    async def _send_placed(self, order_id: str, body: bytes) -> asyncio.Future[Any]:
+        delivery: asyncio.Future[Any]
+        try:
+            delivery = await self.producer.send(topics.ORDERS_PLACED, body, key=order_id.encode())
+        except KafkaError as exc:  # no broker to take it now: sent again below
+            delivery = asyncio.get_running_loop().create_future()
+            delivery.set_exception(exc)
+        return asyncio.ensure_future(self._until_acknowledged(order_id, body, delivery))
+
+    async def _until_acknowledged(
+        self, order_id: str, body: bytes, delivery: asyncio.Future[Any]
+    ) -> Any:
+        # a shop sends again what the broker refused (the same event_id: orders absorbs a
+        # copy it had), as every Kafka producer must that is not to lose orders
+        for attempt in range(SHOP_SEND_ATTEMPTS):
+            try:
+                return await delivery
+            except KafkaError:
+                if attempt == SHOP_SEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                with contextlib.suppress(KafkaError):  # counted as the next attempt's failure
+                    delivery = await self.producer.send(
+                        topics.ORDERS_PLACED, body, key=order_id.encode()
+                    )
+        raise AssertionError("unreachable")
+
+    async def after_broker_loss(self, *, placed_since: float, timeout: float = 120.0) -> int:
+        """What a shop does when the broker lost its data (a new broker epoch,
+        shared/messaging/epoch.py): wait until the services have made the topics again, read
+        its topics from their beginning, and send again every order it placed since
+        ``placed_since`` (wall-clock), each with its own event_id, so orders absorbs those it
+        had. Returns how many were sent again."""
+        epoch = BrokerEpoch(self.kafka, self.producer, client_id="waybill-bench-shop")
+        await epoch.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while await epoch.read() is None:
+                if time.monotonic() > deadline:
+                    raise BenchFailed(f"no broker epoch {timeout:.0f} s after the broker loss")
+        finally:
+            await epoch.stop()
+        await self.watch.rewind()
+        again = [i for i, at in self.sent_at.items() if at >= placed_since]
+        deliveries = [
+            await self._send_placed(i, json.dumps(self.placed[i]).encode()) for i in again
+        ]
+        await asyncio.gather(*deliveries)
+        return len(again)
 
     def _on_lifecycle_event(self, topic: str, order_id: str, value: bytes) -> None:
         # the shop follows deliveries and asks to return what arrived (full mode)

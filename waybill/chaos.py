@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 import signal
@@ -36,19 +37,46 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import topics
 from shared.faults import ENV as FAULTS_ENV
 from shared.faults import RELAY_AFTER_PUBLISH, arm
-from shared.infra import start_infrastructure
+from shared.infra import Infrastructure, start_infrastructure
 from waybill.bench import Bench, BenchFailed, BenchOptions
-from waybill.processes import ProcessSystem, SystemOptions
+from waybill.processes import Child, ProcessSystem, SystemOptions
 from waybill.supervisor import RestartPolicy
 from waybill.system import SERVICES
 
-SCENARIOS = ("kill-consumer", "kill-relay", "carrier-faults")
+SCENARIOS = (
+    "kill-consumer",
+    "kill-relay",
+    "rebalance",
+    "broker-restart",
+    "database-restart",
+    "carrier-faults",
+    "poison",
+)
+#: faults injected by default, and seconds between them where they come on a clock
+DEFAULT_FAULTS = {
+    "kill-consumer": 20,
+    "kill-relay": 20,
+    "rebalance": 24,
+    "broker-restart": 2,
+    "database-restart": 2,
+    "carrier-faults": 1,
+    "poison": 1,
+}
+DEFAULT_INTERVAL = {"rebalance": 5.0}
+#: scenarios whose verdict lists each fault (the others count faults per process)
+LISTED_FAULTS = ("broker-restart", "database-restart", "carrier-faults", "poison")
+#: how long the restart scenarios place orders by default
+RESTART_SECONDS = 60.0
+#: a shop that finds the broker's data lost sends again what it placed this long before
+SHOP_RESEND_SECONDS = 30.0
 #: the services whose relays publish on the path placed -> label (returns publishes only
 #: what returns do, which the load does not make)
 RELAY_SERVICES = ("orders", "inventory", "shipping")
@@ -57,7 +85,7 @@ ARMED_SECONDS = 10.0
 #: how long the path stalls after a fault, for the default number of orders: a relay
 #: killed on the path holds its downstream hops (and so the next fault point) until its
 #: consumer group has settled again, several seconds on the embedded broker
-SETTLE_SECONDS = {"kill-consumer": 0.0, "kill-relay": 8.0, "carrier-faults": 0.0}
+SETTLE_SECONDS = {"kill-relay": 8.0}
 #: how long ``carrier-faults`` places orders by default
 CARRIER_FAULT_SECONDS = 30.0
 #: what the sandbox does to every carrier request during ``carrier-faults`` (a timed-out
@@ -80,8 +108,10 @@ class ChaosOptions:
     #: default: enough for the faults to happen while orders flow
     orders: int | None = None
     rate: float = 100.0
-    kills: int = 20
-    interval: float = 2.0
+    #: faults to inject (default: the scenario's, DEFAULT_FAULTS)
+    kills: int | None = None
+    #: seconds between faults on a clock (default: the scenario's, or 2)
+    interval: float | None = None
     seed: int = 1
     data_dir: Path | None = None
     as_json: bool = False
@@ -95,38 +125,93 @@ class ChaosResult:
     faults: list[str] = field(default_factory=list)
     restarts: int = 0
     seconds: float = 0.0
-    #: from the last fault to the last order's label
+    #: the longest time from a fault until every order placed before it had its label
     recovered_seconds: float | None = None
     checks: dict[str, Any] = field(default_factory=dict)
     passed: bool = False
 
 
-async def kill_consumers(
-    system: ProcessSystem, options: ChaosOptions, faults: list[str], last_fault: list[float]
-) -> None:
-    """SIGKILL a random service instance every ``interval`` seconds, ``kills`` times."""
-    rng = random.Random(options.seed)
+@dataclass
+class Plan:
+    """A scenario's run, its defaults filled in."""
+
+    scenario: str
+    orders: int
+    rate: float
+    faults: int
+    interval: float
+    seed: int
+
+    @classmethod
+    def of(cls, options: ChaosOptions) -> Plan:
+        scenario = options.scenario
+        faults = options.kills or DEFAULT_FAULTS[scenario]
+        interval = options.interval or DEFAULT_INTERVAL.get(scenario, 2.0)
+        if options.orders:
+            orders = options.orders
+        elif scenario in ("carrier-faults", "poison"):
+            orders = round(options.rate * CARRIER_FAULT_SECONDS)
+        elif scenario in ("broker-restart", "database-restart"):
+            orders = round(options.rate * RESTART_SECONDS)
+        else:  # faults on a clock: they all come while orders flow
+            settle = SETTLE_SECONDS.get(scenario, 0.0)
+            orders = round(options.rate * (faults + 2) * (interval + settle))
+        return cls(scenario, orders, options.rate, faults, interval, options.seed)
+
+
+class Faults:
+    """The faults injected so far ("<monotonic time> <what> <where>"), each with when it
+    came (wall clock) and how many orders the shop had placed by then."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.log: list[str] = []
+        self.marks: list[tuple[float, int]] = []
+
+    def add(self, what: str) -> None:
+        self.log.append(f"{time.monotonic():.1f} {what}")
+        self.marks.append((time.time(), len(self.bench.placed)))
+
+    def __len__(self) -> int:
+        return len(self.log)
+
+    def recovered_seconds(self) -> float | None:
+        """The longest time from a fault until every order placed before it had its label:
+        how long the fault held up what was in flight. None without faults, or when an
+        order placed before a fault has no label."""
+        labels = self.bench.watch.first_seen[topics.SHIPMENTS_LABEL_CREATED]
+        placed = list(self.bench.placed)
+        longest: float | None = None
+        for at, n in self.marks:
+            before = placed[:n]
+            if not all(i in labels for i in before):
+                return None
+            done = max((labels[i] for i in before), default=at)
+            longest = max(longest or 0.0, done - at)
+        return round(longest, 1) if longest is not None else None
+
+
+async def kill_consumers(system: ProcessSystem, plan: Plan, faults: Faults) -> None:
+    """SIGKILL a random service instance every ``interval`` seconds, ``faults`` times."""
+    rng = random.Random(plan.seed)
     services = [child for name in SERVICES for child in system.instances(name)]
-    while len(faults) < options.kills:
-        await asyncio.sleep(options.interval)
+    while len(faults) < plan.faults:
+        await asyncio.sleep(plan.interval)
         running = [c for c in services if c.process is not None and c.process.returncode is None]
         if not running:
             continue  # all are being started again
         victim = rng.choice(running)
         assert victim.process is not None
         victim.process.send_signal(signal.SIGKILL)
-        faults.append(f"{time.monotonic():.1f} SIGKILL {victim.name}")
-        last_fault[0] = time.monotonic()
+        faults.add(f"SIGKILL {victim.name}")
 
 
-async def kill_relays(
-    folder: Path, options: ChaosOptions, faults: list[str], last_fault: list[float]
-) -> None:
+async def kill_relays(folder: Path, plan: Plan, faults: Faults) -> None:
     """Arm ``relay-after-publish`` for a random service every ``interval`` seconds, and
     count it once a relay round took it (the file is gone: that process is dead)."""
-    rng = random.Random(options.seed)
-    while len(faults) < options.kills:
-        await asyncio.sleep(options.interval)
+    rng = random.Random(plan.seed)
+    while len(faults) < plan.faults:
+        await asyncio.sleep(plan.interval)
         service = rng.choice(RELAY_SERVICES)
         armed = arm(folder, RELAY_AFTER_PUBLISH, service)
         deadline = time.monotonic() + ARMED_SECONDS
@@ -136,50 +221,127 @@ async def kill_relays(
         if armed.exists():
             armed.unlink(missing_ok=True)  # nothing published meanwhile: not a fault
             continue
-        faults.append(f"{time.monotonic():.1f} {RELAY_AFTER_PUBLISH} {service}")
-        last_fault[0] = time.monotonic()
+        faults.add(f"{RELAY_AFTER_PUBLISH} {service}")
 
 
-async def carrier_faults(bench: Bench, faults: list[str], orders: int) -> None:
+async def rebalance(system: ProcessSystem, plan: Plan, faults: Faults) -> None:
+    """Every ``interval`` seconds a replica leaves (stopped gracefully, as a scale-in does)
+    or the one that left joins again: each change moves partitions within a consumer
+    group and may move a relay's leadership."""
+    assert system.supervisor is not None
+    supervisor = system.supervisor
+    rng = random.Random(plan.seed)
+    away: Child | None = None
+    while len(faults) < plan.faults:
+        await asyncio.sleep(plan.interval)
+        if away is not None:
+            supervisor.join(away)
+            faults.add(f"joined {away.name}")
+            away = None
+            continue
+        away = rng.choice([c for name in SERVICES for c in system.instances(name)])
+        await supervisor.leave(away)
+        faults.add(f"left {away.name}")
+    if away is not None:
+        supervisor.join(away)
+
+
+async def _at_shares(bench: Bench, plan: Plan) -> AsyncIterator[int]:
+    """Yield when 1/(n+1), 2/(n+1) ... of the orders are placed, n = ``plan.faults``."""
+    for i in range(plan.faults):
+        target = plan.orders * (i + 1) // (plan.faults + 1)
+        while len(bench.placed) < target:  # noqa: ASYNC110 (the shop's count)
+            await asyncio.sleep(0.05)
+        yield i
+
+
+async def restart_broker(bench: Bench, infra: Infrastructure, plan: Plan, faults: Faults) -> None:
+    """Kill the memory-only embedded broker (SIGKILL) mid-load and start it again: every
+    topic, every record in it and every consumer group's offsets are gone. The services
+    notice the new broker epoch, make their topics again and publish their recent outbox
+    again; the shop sends again what it placed shortly before (Bench.after_broker_loss)."""
+    kafka = infra.embedded_kafka
+    if kafka is None:
+        raise RuntimeError("broker-restart restarts the embedded broker: run it without one")
+    async for _ in _at_shares(bench, plan):
+        lost_from = time.time() - SHOP_RESEND_SECONDS
+        began = time.monotonic()
+        if kafka.pid is not None:
+            os.kill(kafka.pid, signal.SIGKILL)
+        await asyncio.to_thread(kafka.stop)  # reaps it
+        await asyncio.to_thread(kafka.start)
+        faults.add(f"SIGKILL, started again ({time.monotonic() - began:.1f} s down) broker")
+        again = await bench.after_broker_loss(placed_since=lost_from)
+        faults.log[-1] += f"; the shop sent {again} orders again"
+
+
+async def restart_database(bench: Bench, infra: Infrastructure, plan: Plan, faults: Faults) -> None:
+    """Stop PostgreSQL (a fast shutdown: sessions cut, transactions in flight rolled back)
+    and start it again mid-load; its data is kept (a durable data directory)."""
+    postgres = infra.embedded_postgres
+    if postgres is None:
+        raise RuntimeError("database-restart restarts the embedded PostgreSQL")
+    async for _ in _at_shares(bench, plan):
+        began = time.monotonic()
+        await asyncio.to_thread(postgres.stop)
+        await asyncio.to_thread(postgres.start)
+        faults.add(f"restarted ({time.monotonic() - began:.1f} s down) database")
+
+
+async def carrier_faults(bench: Bench, faults: Faults, orders: int) -> None:
     """Faulty carriers from the first order to the last one placed; then the carriers
     recover (the faults are cleared) and what was injected is counted by the sandbox."""
     sandbox = bench.system.urls["sandbox"]
     r = await bench.http.post(f"{sandbox}/sandbox/faults", json=CARRIER_FAULTS)
     r.raise_for_status()
-    faults.append(f"{time.monotonic():.1f} carriers: " + json.dumps(CARRIER_FAULTS))
+    faults.add("carriers: " + json.dumps(CARRIER_FAULTS))
     while len(bench.placed) < orders:  # noqa: ASYNC110 (the shop's count, no event to wait on)
         await asyncio.sleep(0.1)
     stats = (await bench.http.get(f"{sandbox}/sandbox/stats")).json()
     (await bench.http.delete(f"{sandbox}/sandbox/faults")).raise_for_status()
-    faults.append(
-        f"{time.monotonic():.1f} {stats['errors']} errors, {stats['timeouts']} timeouts, "
+    faults.add(
+        f"{stats['errors']} errors, {stats['timeouts']} timeouts, "
         f"{stats['rate_limited']} 429s in {stats['label_requests']} label requests, "
         "then the carriers recovered"
     )
 
 
+async def _inject(
+    plan: Plan, faults: Faults, system: ProcessSystem, bench: Bench, faults_dir: Path
+) -> None:
+    """The scenario's faults, while ``bench`` places the orders."""
+    infra = system.infra
+    if plan.scenario == "kill-consumer":
+        await kill_consumers(system, plan, faults)
+    elif plan.scenario == "kill-relay":
+        await kill_relays(faults_dir, plan, faults)
+    elif plan.scenario == "rebalance":
+        await rebalance(system, plan, faults)
+    elif plan.scenario == "broker-restart":
+        await restart_broker(bench, infra, plan, faults)
+    elif plan.scenario == "database-restart":
+        await restart_database(bench, infra, plan, faults)
+    elif plan.scenario == "carrier-faults":
+        await carrier_faults(bench, faults, plan.orders)
+    else:
+        raise ValueError(f"no such scenario: {plan.scenario}")
+
+
 async def run_scenario(options: ChaosOptions) -> ChaosResult:
+    plan = Plan.of(options)
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="waybill-chaos-"))
-    print(f"waybill chaos {options.scenario}: data and logs in {data_dir}", file=sys.stderr)
+    print(f"waybill chaos {plan.scenario}: data and logs in {data_dir}", file=sys.stderr)
     infra = await asyncio.to_thread(
         start_infrastructure, data_dir=data_dir, durable=True, prefer="embedded"
     )
-    orders = options.orders or (
-        round(options.rate * CARRIER_FAULT_SECONDS)
-        if options.scenario == "carrier-faults"
-        else round(
-            options.rate
-            * (options.kills + 2)
-            * (options.interval + SETTLE_SECONDS[options.scenario])
-        )
-    )
     faults_dir = data_dir / "faults"
     faults_dir.mkdir(parents=True, exist_ok=True)
-    result = ChaosResult(options.scenario, orders, options.rate)
+    result = ChaosResult(plan.scenario, plan.orders, plan.rate)
     system = ProcessSystem(
         infra,
         SystemOptions(
             logs=data_dir / "logs",
+            replicas=2 if plan.scenario == "rebalance" else 1,
             autopick=True,
             sandbox_step_seconds=0.25,
             supervise=True,
@@ -187,30 +349,31 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
             service_env={FAULTS_ENV: str(faults_dir)},
         ),
     )
+    result_faults: list[str] = []
     try:
         await system.start()
-        bench = Bench(BenchOptions(orders=orders, references=False), infra, system)
+        bench = Bench(BenchOptions(orders=plan.orders, references=False), infra, system)
+        faults = Faults(bench)
+        result_faults = faults.log
         try:
             await bench.start()
-            last_fault = [0.0]
-            if options.scenario == "kill-consumer":
-                inject = kill_consumers(system, options, result.faults, last_fault)
-            elif options.scenario == "kill-relay":
-                inject = kill_relays(faults_dir, options, result.faults, last_fault)
-            else:
-                inject = carrier_faults(bench, result.faults, orders)
-            fault = asyncio.create_task(inject)
+            fault = asyncio.create_task(_inject(plan, faults, system, bench, faults_dir))
             started = time.monotonic()
             try:
-                await bench.phase(options.scenario, orders, options.rate)
+                await bench.phase(plan.scenario, plan.orders, plan.rate)
             except BenchFailed as exc:  # orders that never got a label in time
                 print(f"waybill chaos: {exc}", file=sys.stderr)
             finally:
+                if not fault.done() and plan.scenario in ("broker-restart", "database-restart"):
+                    await fault  # a restart under way finishes before the verdict
                 fault.cancel()
                 await asyncio.gather(fault, return_exceptions=True)
+                if fault.done() and not fault.cancelled():
+                    error = fault.exception()
+                    if error is not None:
+                        raise error
             result.seconds = round(time.monotonic() - started, 1)
-            if last_fault[0]:
-                result.recovered_seconds = round(max(0.0, time.monotonic() - last_fault[0]), 1)
+            result.recovered_seconds = faults.recovered_seconds()
             await bench.settle()
             result.checks = await bench.check(strict=False)
             result.passed = not result.checks["problems"]
@@ -218,6 +381,7 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
             await bench.close()
         result.restarts = len(system.supervisor.restarts) if system.supervisor else 0
     finally:
+        result.faults = result_faults
         await system.stop()
         await asyncio.to_thread(infra.close)
         if options.data_dir is None and result.passed:
@@ -241,7 +405,7 @@ def render(results: list[ChaosResult]) -> str:
             f"{c.get('lost', 0):>6}{c.get('doubled', 0):>9}{drift:>7}{dead:>6}"
             f"{len(r.faults):>8}{r.restarts:>10}{recovered:>11}  {'PASS' if r.passed else 'FAIL'}"
         )
-        if r.scenario == "carrier-faults":
+        if r.scenario in LISTED_FAULTS:
             lines += [f"  injected: {f.split(' ', 1)[1]}" for f in r.faults]
         else:  # "<time> <fault> <service>"
             hit = Counter(f.rsplit(" ", 1)[-1] for f in r.faults)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 SERVICES = ("orders", "inventory", "shipping", "returns")
 #: waybill.chaos.SCENARIOS, named here so that parsing arguments imports nothing heavy
-CHAOS_SCENARIOS = ("kill-consumer", "kill-relay", "carrier-faults")
+CHAOS_SCENARIOS = (
+    "kill-consumer",
+    "kill-relay",
+    "rebalance",
+    "broker-restart",
+    "database-restart",
+    "carrier-faults",
+    "poison",
+)
 
 
 def _configure_logging(level: str) -> None:
@@ -273,8 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: enough for every fault to happen under load",
     )
     chaos.add_argument("--rate", type=float, default=100.0, help="orders per second")
-    chaos.add_argument("--faults", type=int, default=20, help="how many faults to inject")
-    chaos.add_argument("--interval", type=float, default=2.0, help="seconds between faults")
+    chaos.add_argument(
+        "--faults",
+        type=int,
+        help="how many faults to inject (default: the scenario's: 20 kills, 24 replica "
+        "changes, 2 restarts)",
+    )
+    chaos.add_argument(
+        "--interval",
+        type=float,
+        help="seconds between faults that come on a clock (default 2; rebalance 5)",
+    )
     chaos.add_argument("--seed", type=int, default=1)
     chaos.add_argument("--data-dir", help="embedded data and logs (default: a temporary one)")
     chaos.add_argument("--json", action="store_true", help="the verdicts as JSON")

@@ -10,6 +10,9 @@ Backoff: the first restart after a quiet spell waits ``base_seconds``, each furt
 within ``window_seconds`` twice as long, up to ``max_seconds``. More than ``max_restarts``
 restarts of one process within ``window_seconds`` is a crash loop: the supervisor gives up
 and says which process, how it last ended and where its log is.
+
+A process stopped on purpose (``leave``: a replica scaled in) is not restarted until it is
+asked back (``join``), and neither counts as a restart.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Supervised(Protocol):
     process: asyncio.subprocess.Process | None
 
     async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def describe_exit(returncode: int) -> str:
@@ -101,11 +106,29 @@ class Supervisor:
         self.on_restart = on_restart
         self._monotonic = monotonic
         self._records = {c.name: _Record() for c in self.children}
+        #: processes stopped on purpose, each until its event is set (join)
+        self._away: dict[str, asyncio.Event] = {}
         #: every restart made so far, oldest first
         self.restarts: list[Restart] = []
 
     def restarts_of(self, name: str) -> int:
         return self._records[name].restarts
+
+    def is_away(self, name: str) -> bool:
+        return name in self._away
+
+    async def leave(self, child: Supervised) -> None:
+        """Stop ``child`` gracefully (SIGTERM), not to be restarted until :meth:`join`."""
+        if child.name in self._away:
+            return
+        self._away[child.name] = asyncio.Event()
+        await child.stop()
+
+    def join(self, child: Supervised) -> None:
+        """Start a process that left again (its watcher starts it)."""
+        away = self._away.pop(child.name, None)
+        if away is not None:
+            away.set()
 
     async def run(self) -> None:
         watchers = {asyncio.create_task(self._watch(child)): child for child in self.children}
@@ -125,6 +148,11 @@ class Supervisor:
             if process is None:
                 raise RuntimeError(f"{child.name} was never started")
             returncode = await process.wait()
+            away = self._away.get(child.name)
+            if away is not None:  # it left on purpose: back when asked, not a restart
+                await away.wait()
+                await child.start()
+                continue
             ended = describe_exit(returncode)
             now = self._monotonic()
             window = self.policy.window_seconds

@@ -8,11 +8,13 @@ from shared.messaging.consumer import (
     Route,
     field_errors_of,
 )
+from shared.messaging.epoch import BrokerEpoch
 from shared.messaging.fetch import FetchPacer
 from shared.messaging.kafka import client_options, create_producer, ensure_topics
 from shared.messaging.relay import OutboxRelay
 
 __all__ = [
+    "BrokerEpoch",
     "EventConsumer",
     "FetchPacer",
     "InvalidEvent",

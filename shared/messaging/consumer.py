@@ -474,7 +474,7 @@ class EventConsumer:
             INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value,
                                       headers, error, error_type, attempts, event_id)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            ON CONFLICT (consumer_group, topic, partition, "offset") DO NOTHING
+            ON CONFLICT (consumer_group, topic, partition, "offset", md5(value)) DO NOTHING
             RETURNING id
             """,
             self.group_id,

@@ -82,8 +82,16 @@ def create_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
     )
 
 
-async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
-    """Create the topics that do not exist yet (idempotent, safe to race); names unprefixed."""
+async def ensure_topics(
+    settings: KafkaSettings,
+    names: Iterable[str],
+    *,
+    partitions: int | None = None,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create the topics that do not exist yet (idempotent, safe to race); names unprefixed.
+    ``partitions`` and ``config`` override the settings' partition count and the broker's
+    topic defaults for the topics created."""
     wanted = sorted({settings.topic_prefix + name for name in names})
     admin = AIOKafkaAdminClient(client_id="waybill-admin", **client_options(settings))
     await admin.start()
@@ -92,8 +100,9 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
         missing = [
             NewTopic(
                 name,
-                num_partitions=settings.topic_partitions,
+                num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.replication_factor,
+                topic_configs=config or {},
             )
             for name in wanted
             if name not in existing

@@ -13,7 +13,8 @@ stand-bys. It wakes on ``NOTIFY`` (sent by every transaction that writes the out
 polls as a fallback. A crash between the publish and the watermark's update publishes
 again: consumers' inboxes absorb it. That is also why the update is committed
 asynchronously (``synchronous_commit = off``): losing it in a crash costs a re-send, never
-an event. Setting the watermark back publishes everything after it again.
+an event. Setting the watermark back publishes everything after it again; a round moves
+the watermark only from the value it read, so a setting back during a round holds.
 """
 
 from __future__ import annotations
@@ -121,11 +122,12 @@ class OutboxRelay:
         db: Any = conn if conn is not None else self._pool
         rows = await db.fetch(
             """
-            SELECT id, topic, key, payload, headers
-            FROM outbox
-            WHERE id > (SELECT published_through FROM outbox_relay)
-            ORDER BY id
-            LIMIT $1
+            SELECT w.through, o.id, o.topic, o.key, o.payload, o.headers
+            FROM (SELECT published_through AS through FROM outbox_relay) w
+            JOIN LATERAL (
+                SELECT id, topic, key, payload, headers FROM outbox
+                WHERE id > w.through ORDER BY id LIMIT $1
+            ) o ON true
             """,
             self._batch_max,
         )
@@ -147,12 +149,15 @@ class OutboxRelay:
         await asyncio.gather(*deliveries)
         # acknowledged by the broker, watermark not moved: a crash here publishes them again
         die_if_armed(RELAY_AFTER_PUBLISH, self._schema)
+        # only from where this round read it: a watermark set back meanwhile (the broker
+        # lost its data, shared/messaging/epoch.py) stays back, and those rows go again
         await db.execute(
             """
             UPDATE outbox_relay SET published_through = $1, updated_at = now()
-            WHERE published_through < $1
+            WHERE published_through = $2
             """,
             rows[-1]["id"],
+            rows[0]["through"],
         )
         self.published_total += len(rows)
         return len(rows)
