@@ -402,7 +402,12 @@ class Bench:
         self.received: Counter[str] = Counter()
         self.progress = Progress(sys.stderr)
         # the hops of the path, to tell where an order's time goes
-        watched = [topics.ORDERS_ACCEPTED, topics.ORDERS_PACKED, topics.SHIPMENTS_LABEL_CREATED]
+        watched = [
+            topics.ORDERS_ACCEPTED,
+            topics.ORDERS_REJECTED,
+            topics.ORDERS_PACKED,
+            topics.SHIPMENTS_LABEL_CREATED,
+        ]
         if options.full:
             watched += [
                 topics.SHIPMENTS_SHIPPED,
@@ -453,11 +458,12 @@ class Bench:
 
     # -- the shop ---------------------------------------------------------------------
 
+    def order_id(self, phase: str, i: int) -> str:
+        """The id of the ``i``-th order the phase places."""
+        return f"bench-{self.run_id}-{phase}-{i:06d}"
+
     def new_orders(self, phase: str, n: int) -> list[dict[str, Any]]:
-        orders = [
-            demo_order(i, rng=self.rng, order_id=f"bench-{self.run_id}-{phase}-{i:06d}")
-            for i in range(n)
-        ]
+        orders = [demo_order(i, rng=self.rng, order_id=self.order_id(phase, i)) for i in range(n)]
         for order in orders:
             order["shop_id"] = "bench-shop"
         return orders

@@ -28,6 +28,8 @@ stock drift or dead letter.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import random
@@ -41,12 +43,15 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from shared import topics
 from shared.faults import ENV as FAULTS_ENV
-from shared.faults import RELAY_AFTER_PUBLISH, arm
+from shared.faults import HANDLER_FAILS, RELAY_AFTER_PUBLISH, arm, arm_keys
 from shared.infra import Infrastructure, start_infrastructure
+from shared.messaging.consumer import REPLAYED_FROM
 from waybill.bench import Bench, BenchFailed, BenchOptions
+from waybill.dlq import read_dead_letters, replay_dead_letters
 from waybill.processes import Child, ProcessSystem, SystemOptions
 from waybill.supervisor import RestartPolicy
 from waybill.system import SERVICES
@@ -97,6 +102,9 @@ CARRIER_FAULTS = {
     "retry_after_seconds": 1,
     "timeout_seconds": 10.0,
 }
+
+#: WAYBILL_CONSUMER_MAX_ATTEMPTS of the services (the default)
+CONSUMER_MAX_ATTEMPTS = 5
 
 #: a process killed this often is not in a crash loop: the supervisor must not give up
 CHAOS_RESTARTS = RestartPolicy(base_seconds=0.5, max_seconds=2.0, max_restarts=1000)
@@ -306,8 +314,160 @@ async def carrier_faults(bench: Bench, faults: Faults, orders: int) -> None:
     )
 
 
+@dataclass
+class Poison:
+    """A record ``poison`` put on a topic, and what must become of it."""
+
+    kind: str
+    topic: str
+    partition: int = -1
+    offset: int = -1
+    #: "dead letter" (in every group that reads the topic) or "rejected" (orders.rejected)
+    outcome: str = "dead letter"
+    order_id: str | None = None
+
+
+def _poison_record(kind: str, n: int, run: str) -> tuple[str, bytes, str | None, str]:
+    """(topic, value, key, outcome) of the ``n``-th poison record of ``kind``."""
+    order_id = f"poison-{run}-{n:04d}"
+    if kind == "undecodable":  # bytes no JSON parser takes, on a shop's topic and a service's
+        topic = topics.ORDERS_PLACED if n // len(POISON_KINDS) % 2 == 0 else topics.ORDERS_PACKED
+        return topic, b"\xff\xfe not json " + bytes([n % 256]), order_id, "dead letter"
+    if kind == "no-order-id":  # JSON, but nothing to key it by (CONTRACT: the .dlq)
+        body: dict[str, Any] = {"event_id": str(uuid4()), "shop_id": "poison", "lines": "none"}
+        return topics.ORDERS_PLACED, json.dumps(body).encode(), None, "dead letter"
+    if kind == "invalid-event":  # a service's event that breaks its schema
+        body = {"event_id": str(uuid4()), "order_id": order_id, "parcels": "three"}
+        return topics.ORDERS_PACKED, json.dumps(body).encode(), order_id, "dead letter"
+    # an order a shop got wrong: answered with orders.rejected and its reasons
+    body = {
+        "event_id": str(uuid4()),
+        "order_id": order_id,
+        "shop_id": "poison",
+        "placed_at": "2026-01-01T00:00:00Z",
+        "lines": [{"sku": "", "quantity": -1}],
+    }
+    return topics.ORDERS_PLACED, json.dumps(body).encode(), order_id, "rejected"
+
+
+POISON_KINDS = ("undecodable", "no-order-id", "invalid-event", "invalid-order")
+#: the share of the load whose orders.packed handler fails in shipping until "fixed"
+FAILING_SHARE = 0.02
+
+
+async def poison(
+    bench: Bench, plan: Plan, faults: Faults, faults_dir: Path, injected: list[Poison]
+) -> None:
+    """Mix poison into the load: every ``interval`` seconds a record that cannot be decoded,
+    has no key, breaks its event's schema, or is an order that must be rejected; and for a
+    share of the orders, shipping's handler fails (fault point ``handler-fails``). Once
+    those are dead-lettered, the "fix" is deployed (the fault point disarmed) and
+    ``waybill dlq replay orders.packed`` re-drives them: they must get their labels."""
+    rng = random.Random(plan.seed)
+    failing = sorted(
+        bench.order_id(plan.scenario, i)
+        for i in rng.sample(range(plan.orders), max(1, round(plan.orders * FAILING_SHARE)))
+    )
+    armed = arm_keys(faults_dir, HANDLER_FAILS, "shipping", topics.ORDERS_PACKED, failing)
+    faults.add(f"handler-fails armed for {len(failing)} orders in shipping")
+    run = bench.run_id
+    n = 0
+    while len(bench.placed) < plan.orders:
+        await asyncio.sleep(plan.interval)
+        kind = POISON_KINDS[n % len(POISON_KINDS)]
+        topic, value, key, outcome = _poison_record(kind, n, run)
+        meta = await bench.producer.send_and_wait(
+            topic, value, key=key.encode() if key is not None else None
+        )
+        injected.append(Poison(kind, topic, meta.partition, meta.offset, outcome, key))
+        n += 1
+    # every failing order is dead-lettered after its bounded attempts; then the fix
+    kafka = bench.kafka
+    deadline = time.monotonic() + 300
+    while True:
+        letters = await read_dead_letters(kafka, topic=topics.ORDERS_PACKED)
+        failed = {
+            d.key for _, _, _, d, _ in letters if d is not None and d.error_type == "InjectedFault"
+        }
+        if failed >= set(failing):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(set(failing) - failed)} failing orders never dead-lettered")
+        await asyncio.sleep(1.0)
+    armed.unlink()
+    faults.add(f"handler fixed; dlq replay {topics.ORDERS_PACKED}")
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the verdict's
+        replayed = await replay_dead_letters(topic=topics.ORDERS_PACKED, event_id=None, kafka=kafka)
+    if replayed != 0:
+        raise RuntimeError("waybill dlq replay found nothing to replay")
+
+
+async def account_for_poison(
+    bench: Bench, injected: list[Poison], max_attempts: int
+) -> dict[str, Any]:
+    """Every poison record accounted for: a dead letter with its reason (attempts: 1, no
+    retry can fix it) or the order's orders.rejected; every failing order dead-lettered
+    after ``max_attempts`` and, replayed, labelled."""
+    letters = [d for _, _, _, d, _ in await read_dead_letters(bench.kafka) if d is not None]
+    by_place: dict[tuple[str, int, int], list[Any]] = {}
+    for d in letters:
+        by_place.setdefault((d.original_topic, d.partition, d.offset), []).append(d)
+    rejected = bench.watch.first_seen[topics.ORDERS_REJECTED]
+    problems: list[str] = []
+    kinds: Counter[str] = Counter()
+    for p in injected:
+        kinds[p.kind] += 1
+        if p.outcome == "rejected":
+            if p.order_id not in rejected:
+                problems.append(f"poison order {p.order_id} was not rejected")
+            continue
+        found = by_place.get((p.topic, p.partition, p.offset), [])
+        if not found:
+            problems.append(
+                f"{p.kind} record {p.topic}[{p.partition}]@{p.offset} not dead-lettered"
+            )
+        elif any(not d.error or d.attempts != 1 for d in found):
+            problems.append(f"{p.kind} record {p.topic}@{p.offset}: a dead letter without reason")
+    injected_faults = [d for d in letters if d.error_type == "InjectedFault"]
+    if any(d.attempts != max_attempts for d in injected_faults):
+        problems.append(f"a failing handler was not tried {max_attempts} times")
+    places = {(p.topic, p.partition, p.offset) for p in injected}
+    strays = [
+        d
+        for d in letters
+        if d.error_type != "InjectedFault"
+        and (d.original_topic, d.partition, d.offset) not in places
+        and not any(k == REPLAYED_FROM for k, _ in _headers(d))
+    ]
+    if strays:
+        problems.append(
+            f"{len(strays)} dead letters of records never poisoned, e.g. {strays[0].error[:200]}"
+        )
+    report: dict[str, Any] = {
+        "injected": dict(kinds),
+        "dead_letters": len(letters),
+        "handler_failures": len(injected_faults),
+        # each kind of error once, with how many dead letters gave it and one of them
+        "reasons": {
+            kind: {"count": n, "example": next(d.error for d in letters if d.error_type == kind)}
+            for kind, n in sorted(Counter(d.error_type for d in letters).items())
+        },
+        "problems": problems,
+    }
+    return report
+
+
+def _headers(letter: Any) -> list[tuple[str, bytes]]:
+    return [(h.key, base64.b64decode(h.value_base64)) for h in letter.headers]
+
+
 async def _inject(
-    plan: Plan, faults: Faults, system: ProcessSystem, bench: Bench, faults_dir: Path
+    plan: Plan,
+    faults: Faults,
+    system: ProcessSystem,
+    bench: Bench,
+    faults_dir: Path,
+    injected: list[Poison],
 ) -> None:
     """The scenario's faults, while ``bench`` places the orders."""
     infra = system.infra
@@ -323,8 +483,29 @@ async def _inject(
         await restart_database(bench, infra, plan, faults)
     elif plan.scenario == "carrier-faults":
         await carrier_faults(bench, faults, plan.orders)
+    elif plan.scenario == "poison":
+        await poison(bench, plan, faults, faults_dir, injected)
     else:
         raise ValueError(f"no such scenario: {plan.scenario}")
+
+
+async def _judge_poison(bench: Bench, result: ChaosResult, injected: list[Poison]) -> None:
+    """Dead letters are the point of ``poison``: the bench's "no dead letters" gives way to
+    an account of every poison record; the ones not fixable stay as dead letters."""
+    checks = result.checks
+    report = await account_for_poison(bench, injected, max_attempts=CONSUMER_MAX_ATTEMPTS)
+    checks["poison"] = report
+    unfixable = sum(
+        1 for p in injected if p.outcome == "dead letter"
+    )  # at least one dead letter each (one per group that reads the topic)
+    open_letters = sum((checks.get("dead_letters") or {}).values())
+    checks["problems"] = [p for p in checks["problems"] if not p.startswith("dead letters:")]
+    checks["problems"] += report["problems"]
+    if open_letters < unfixable:
+        checks["problems"].append(
+            f"{open_letters} dead letters open after the replay, fewer than the {unfixable} "
+            "poison records no fix can handle"
+        )
 
 
 async def run_scenario(options: ChaosOptions) -> ChaosResult:
@@ -357,7 +538,8 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
         result_faults = faults.log
         try:
             await bench.start()
-            fault = asyncio.create_task(_inject(plan, faults, system, bench, faults_dir))
+            injected: list[Poison] = []
+            fault = asyncio.create_task(_inject(plan, faults, system, bench, faults_dir, injected))
             started = time.monotonic()
             try:
                 await bench.phase(plan.scenario, plan.orders, plan.rate)
@@ -376,6 +558,8 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
             result.recovered_seconds = faults.recovered_seconds()
             await bench.settle()
             result.checks = await bench.check(strict=False)
+            if plan.scenario == "poison":
+                await _judge_poison(bench, result, injected)
             result.passed = not result.checks["problems"]
         finally:
             await bench.close()
@@ -412,6 +596,16 @@ def render(results: list[ChaosResult]) -> str:
             lines.append(
                 "  faults per service: " + ", ".join(f"{k} {n}" for k, n in sorted(hit.items()))
             )
+        if "poison" in c:
+            report = c["poison"]
+            lines.append(
+                f"  poison: {report['injected']}; {report['dead_letters']} dead letters, "
+                f"{report['handler_failures']} of them failing handlers (fixed, then replayed)"
+            )
+            lines += [
+                f"  {kind} x{r['count']}: {r['example'][:90]}"
+                for kind, r in report["reasons"].items()
+            ]
         for problem in c.get("problems") or []:
             lines.append(f"  problem: {problem}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared.events import DeadLetter
+from shared.messaging.consumer import REPLAYED_FROM
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
 from shared.topics import dead_letter_topic, is_dead_letter_topic
@@ -131,9 +132,7 @@ async def replay_dead_letters(
     try:
         for letter in letters:
             headers = [(h.key, base64.b64decode(h.value_base64)) for h in letter.headers]
-            headers.append(
-                ("waybill-replayed-from", f"{letter.partition}:{letter.offset}".encode())
-            )
+            headers.append((REPLAYED_FROM, f"{letter.partition}:{letter.offset}".encode()))
             await producer.send_and_wait(
                 kafka.topic_prefix + letter.original_topic,
                 letter.original_value(),

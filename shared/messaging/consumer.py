@@ -43,6 +43,7 @@ from shared import metrics, telemetry
 from shared.db.pool import is_transient_error
 from shared.db.uow import UnitOfWork, unit_of_work
 from shared.events import DeadLetter, DeadLetterHeader, Event, utc_now
+from shared.faults import HANDLER_FAILS, InjectedFault, armed_keys
 from shared.topics import dead_letter_topic
 
 log = logging.getLogger("waybill.consumer")
@@ -150,6 +151,24 @@ def _describe(exc: BaseException) -> str:
             for e in exc.errors(include_url=False)
         )
     return f"{type(exc).__name__}: {exc}"
+
+
+#: the header ``waybill dlq replay`` adds: where the dead-lettered original was
+REPLAYED_FROM = "waybill-replayed-from"
+
+
+def _replayed_from(d: Delivery) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the dead-lettered record ``d`` is a replay of."""
+    place = None
+    for key, value in d.record.headers:
+        if key == REPLAYED_FROM:
+            place = value  # the last one: a replay of a replay
+    if place is None:
+        return None
+    partition, _, offset = place.decode(errors="replace").partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        return None
+    return d.topic, int(partition), int(offset)
 
 
 class EventConsumer:
@@ -330,6 +349,7 @@ class EventConsumer:
             await self.after_commit(records)
 
     async def _handle_all(self, deliveries: list[Delivery], uow: UnitOfWork) -> None:
+        await self._settle_replayed(deliveries, uow)
         claimed = await uow.claim_many(
             [(self.inbox_name(d.topic), d.dedupe_id) for d in deliveries if d.undecodable is None]
         )
@@ -352,6 +372,25 @@ class EventConsumer:
             self.handled += len(fresh)
             for topic, n in Counter(d.topic for d in fresh).items():
                 metrics.events_handled.add(n, {"service": self.schema, "topic": topic})
+
+    async def _settle_replayed(self, deliveries: list[Delivery], uow: UnitOfWork) -> None:
+        """A dead letter replayed (``waybill dlq replay``) is settled with its copy: handled,
+        absorbed or dead-lettered again, in this transaction; ops stop counting it."""
+        places = [p for d in deliveries if (p := _replayed_from(d)) is not None]
+        if not places:
+            return
+        await uow.conn.execute(
+            """
+            UPDATE dead_letters SET replayed_at = now()
+            WHERE consumer_group = $1 AND replayed_at IS NULL
+              AND (topic, partition, "offset") IN
+                  (SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[]))
+            """,
+            self.group_id,
+            [p[0] for p in places],
+            [p[1] for p in places],
+            [p[2] for p in places],
+        )
 
     async def _dispatch_unit(self, unit: str, fresh: list[Delivery], uow: UnitOfWork) -> None:
         valid: list[Delivery] = []
@@ -377,6 +416,11 @@ class EventConsumer:
     ) -> None:
         if not deliveries:
             return
+        failing = armed_keys(HANDLER_FAILS, self.schema)  # `waybill chaos poison` only
+        for d in deliveries if failing else ():
+            assert d.event is not None
+            if f"{d.topic} {d.event.partition_key()}" in failing:
+                raise InjectedFault(f"fault point {HANDLER_FAILS} fails {d.event.partition_key()}")
         route = self._routes[deliveries[0].topic]
         if route.batch_handler is None:
             assert route.handler is not None

@@ -71,3 +71,62 @@ def test_faulty_carriers_still_sell_exactly_one_label_per_order(tmp_path: Path) 
     assert checks["orders"] == 200 and checks["lost"] == 0 and checks["doubled"] == 0
     assert checks["labels_at_carrier"] == 200
     assert checks["units_shipped"] == checks["units_ordered"]
+
+
+def _exactly_once(verdict: dict[str, Any]) -> dict[str, Any]:
+    checks = verdict["checks"]
+    assert checks["orders"] == verdict["orders"]
+    assert checks["lost"] == 0 and checks["doubled"] == 0
+    assert checks["labels_at_carrier"] == checks["orders"]
+    assert checks["units_shipped"] == checks["units_ordered"]
+    return dict(checks)
+
+
+def test_replicas_leaving_and_joining_under_load_lose_and_double_nothing(
+    tmp_path: Path,
+) -> None:
+    verdict = chaos(tmp_path, "rebalance", "--faults", "4", "--interval", "4", "--rate", "30")
+    assert [f.split(" ")[1] for f in verdict["faults"]] == ["left", "joined", "left", "joined"]
+    assert verdict["restarts"] == 0  # a replica that left on purpose is not a crash
+    assert not any(_exactly_once(verdict)["dead_letters"].values())
+
+
+def test_a_broker_that_lost_everything_mid_load_is_recovered_from_the_outboxes(
+    tmp_path: Path,
+) -> None:
+    # the memory-only broker killed and started empty: without the services' republish of
+    # their recent outbox (WAYBILL_BROKER_LOSS_REPUBLISH_SECONDS=0) orders are lost here
+    verdict = chaos(tmp_path, "broker-restart", "--faults", "1", "--rate", "40", "--orders", "800")
+    assert len(verdict["faults"]) == 1 and "SIGKILL" in verdict["faults"][0]
+    assert not any(_exactly_once(verdict)["dead_letters"].values())
+
+
+def test_a_database_restart_mid_load_leaves_nothing_partial(tmp_path: Path) -> None:
+    verdict = chaos(
+        tmp_path, "database-restart", "--faults", "1", "--rate", "40", "--orders", "800"
+    )
+    assert len(verdict["faults"]) == 1 and "database" in verdict["faults"][0]
+    assert not any(_exactly_once(verdict)["dead_letters"].values())
+
+
+def test_poison_is_dead_lettered_with_reasons_and_the_fixable_replayed(tmp_path: Path) -> None:
+    verdict = chaos(
+        tmp_path, "poison", "--rate", "40", "--orders", "600", "--interval", "1", "--seed", "3"
+    )
+    checks = _exactly_once(verdict)  # the failing orders got their labels once replayed
+    report = checks["poison"]
+    assert set(report["injected"]) == {
+        "undecodable",
+        "no-order-id",
+        "invalid-event",
+        "invalid-order",
+    }
+    assert report["handler_failures"] >= 1 and not report["problems"]
+    reasons = report["reasons"]
+    assert {"UndecodableRecord", "ValidationError", "InjectedFault"} <= set(reasons)
+    assert reasons["InjectedFault"]["count"] == report["handler_failures"]
+    assert "not JSON" in reasons["UndecodableRecord"]["example"]
+    # what no fix can handle stays dead-lettered, and ops see it
+    assert sum(checks["dead_letters"].values()) >= sum(
+        n for kind, n in report["injected"].items() if kind != "invalid-order"
+    )

@@ -8,9 +8,12 @@ under test is the runtime around it (inbox, outbox, acknowledgement, retries, DL
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 from uuid import uuid4
 
@@ -21,6 +24,8 @@ from faststream.kafka import KafkaBroker
 from shared.db import apply_migrations, create_pool, shared_migrations
 from shared.db.uow import UnitOfWork
 from shared.events import Event
+from shared.faults import ENV as FAULTS_ENV
+from shared.faults import HANDLER_FAILS, arm_keys
 from shared.messaging import (
     EventConsumer,
     OutboxRelay,
@@ -33,6 +38,7 @@ from shared.settings import KafkaSettings
 from shared.topics import dead_letter_topic
 from tests.conftest import new_database, new_kafka
 from tests.support import EventLog, Publisher, wait_for
+from waybill.dlq import replay_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +248,37 @@ async def test_undecodable_and_invalid_records_go_to_the_dlq_and_the_partition_m
     raw = {base64.b64decode(d["value_base64"]) for d in dead}
     assert b"\xff not json {" in raw  # the original bytes, untouched
     assert all(d["consumer_group"] == "runtime-test" for d in dead)
+
+
+async def test_a_dead_letter_replayed_after_the_fix_is_handled_and_settled(
+    harness: Harness,
+) -> None:
+    harness.poison.add("fixed-later")
+    await harness.send(recorded("fixed-later"))
+    await harness.log.wait(dead_letter_topic(TOPIC))
+    assert await harness.pool.fetchval("SELECT count(*) FROM dead_letters") == 1
+    harness.poison.discard("fixed-later")  # the fix is deployed
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert await replay_dead_letters(topic=TOPIC, event_id=None, kafka=harness.kafka) == 0
+    assert "replayed 1 record" in out.getvalue()
+    await harness.log.wait(Echoed.TOPIC, order_id="fixed-later")
+    assert await harness.effects("fixed-later") == 1
+    # ops no longer count it: the dead letter is settled in the transaction that handled it
+    settled = await harness.pool.fetchval(
+        "SELECT replayed_at IS NOT NULL FROM dead_letters WHERE key = 'k'"
+    )
+    assert settled is True
+
+
+async def test_a_handler_failing_on_an_armed_key_is_dead_lettered_with_the_fault(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the fault point of `waybill chaos poison`: only the armed topic and key fail
+    monkeypatch.setenv(FAULTS_ENV, str(tmp_path))
+    arm_keys(tmp_path, HANDLER_FAILS, "runtime_test", TOPIC, ["armed-1"])
+    await harness.send(recorded("armed-1"), key="armed")
+    await harness.send(recorded("not-armed"), key="armed")
+    dead = (await harness.log.wait(dead_letter_topic(TOPIC)))[0]
+    assert dead["error_type"] == "InjectedFault" and dead["attempts"] == 3
+    await harness.log.wait(Echoed.TOPIC, order_id="not-armed")
+    assert await harness.effects("armed-1") == 0
