@@ -616,6 +616,8 @@ async def run_chaos(options: ChaosOptions) -> int:
     results = []
     for scenario in scenarios:
         one = ChaosOptions(**{**asdict(options), "scenario": scenario})
+        if options.data_dir is not None and len(scenarios) > 1:
+            one.data_dir = options.data_dir / scenario  # a system of its own each
         results.append(await run_scenario(one))
     if options.as_json:
         print(json.dumps([asdict(r) for r in results], indent=2, default=str))
