@@ -104,3 +104,34 @@ def test_exits_are_described_by_code_or_signal() -> None:
 def test_restarts_back_off_within_the_window() -> None:
     policy = RestartPolicy(base_seconds=0.5, max_seconds=4)
     assert [policy.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+async def test_a_replica_that_leaves_stays_away_until_it_joins_and_is_no_restart(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "starts.jsonl"
+    child = Child(
+        "replica",
+        [sys.executable, "-c", REPORTING, str(report)],
+        dict(os.environ),
+        tmp_path / "r.log",
+    )
+    await child.start()
+    supervisor = Supervisor([child], policy=RestartPolicy(base_seconds=0.05))
+    supervision = asyncio.create_task(supervisor.run())
+    try:
+        await wait_for(lambda: len(starts(report)) == 1, timeout=20)
+        await supervisor.leave(child)  # SIGTERM, as a scale-in stops it
+        assert child.process is not None and child.process.returncode is not None
+        assert supervisor.is_away("replica")
+        # it stays stopped: the one start so far, and no restart counted
+        assert len(starts(report)) == 1 and supervisor.restarts_of("replica") == 0
+        supervisor.join(child)
+        await wait_for(lambda: len(starts(report)) == 2, timeout=20)
+        assert starts(report)[1]["WAYBILL_SUPERVISOR_RESTARTS"] is None
+        assert supervisor.restarts_of("replica") == 0 and not supervisor.is_away("replica")
+        assert not supervision.done()
+    finally:
+        supervision.cancel()
+        await asyncio.gather(supervision, return_exceptions=True)
+        await child.stop()
