@@ -724,7 +724,10 @@ class Bench:
             if child.name == "sandbox":
                 continue
             url = self.system.instance_url(child.name)
-            r = await self.http.get(f"{url}/ops/health", headers=ops)
+            try:
+                r = await self.http.get(f"{url}/ops/health", headers=ops)
+            except httpx.TransportError:
+                continue  # not running now (a replica that left, one restarting)
             r.raise_for_status()
             consumed = r.json()["consumed"]
             counts[child.name] = (consumed["batches"], consumed["records"])

@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -55,6 +56,8 @@ from waybill.dlq import read_dead_letters, replay_dead_letters
 from waybill.processes import Child, ProcessSystem, SystemOptions
 from waybill.supervisor import RestartPolicy
 from waybill.system import SERVICES
+
+log = logging.getLogger("waybill.chaos")
 
 SCENARIOS = (
     "kill-consumer",
@@ -240,18 +243,20 @@ async def rebalance(system: ProcessSystem, plan: Plan, faults: Faults) -> None:
     supervisor = system.supervisor
     rng = random.Random(plan.seed)
     away: Child | None = None
-    while len(faults) < plan.faults:
-        await asyncio.sleep(plan.interval)
-        if away is not None:
+    try:
+        while len(faults) < plan.faults:
+            await asyncio.sleep(plan.interval)
+            if away is not None:
+                supervisor.join(away)
+                faults.add(f"joined {away.name}")
+                away = None
+                continue
+            away = rng.choice([c for name in SERVICES for c in system.instances(name)])
+            await supervisor.leave(away)
+            faults.add(f"left {away.name}")
+    finally:
+        if away is not None:  # the load ended first: everyone back for the verdict
             supervisor.join(away)
-            faults.add(f"joined {away.name}")
-            away = None
-            continue
-        away = rng.choice([c for name in SERVICES for c in system.instances(name)])
-        await supervisor.leave(away)
-        faults.add(f"left {away.name}")
-    if away is not None:
-        supervisor.join(away)
 
 
 async def _at_shares(bench: Bench, plan: Plan) -> AsyncIterator[int]:
@@ -556,6 +561,8 @@ async def run_scenario(options: ChaosOptions) -> ChaosResult:
                         raise error
             result.seconds = round(time.monotonic() - started, 1)
             result.recovered_seconds = faults.recovered_seconds()
+            # a process restarting, a replica joining: back before the verdict asks them
+            await system.wait_ready(restarting=True)
             await bench.settle()
             result.checks = await bench.check(strict=False)
             if plan.scenario == "poison":
@@ -618,7 +625,15 @@ async def run_chaos(options: ChaosOptions) -> int:
         one = ChaosOptions(**{**asdict(options), "scenario": scenario})
         if options.data_dir is not None and len(scenarios) > 1:
             one.data_dir = options.data_dir / scenario  # a system of its own each
-        results.append(await run_scenario(one))
+        try:
+            result = await run_scenario(one)
+        except Exception as exc:  # a scenario that broke is a failed one; the others run
+            log.exception("waybill chaos %s broke", scenario)
+            result = ChaosResult(scenario, 0, one.rate)
+            result.checks = {"problems": [f"the scenario broke: {type(exc).__name__}: {exc}"]}
+        results.append(result)
+        if len(scenarios) > 1:  # each verdict as soon as it is known
+            print(render([result]), file=sys.stderr, flush=True)
     if options.as_json:
         print(json.dumps([asdict(r) for r in results], indent=2, default=str))
     else:

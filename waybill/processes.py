@@ -204,13 +204,19 @@ class ProcessSystem:
                 self._child_urls[label] = f"http://127.0.0.1:{port}"
         for child in self.children:
             await child.start()
-        async with httpx.AsyncClient() as http:
-            for child in self.children:
-                probe = "/healthz" if child.name == "sandbox" else "/readyz"
-                await _wait_ready(http, child, self._child_urls[child.name] + probe)
+        await self.wait_ready()
         if self.options.supervise:
             self.supervisor = Supervisor(self.children, policy=self.options.restart_policy)
             self.supervision = asyncio.create_task(self.supervisor.run(), name="supervisor")
+
+    async def wait_ready(self, *, restarting: bool = False) -> None:
+        """Until every process answers its readiness probe. ``restarting``: a process that
+        has ended is being started again by the supervisor (not a failure to start)."""
+        async with httpx.AsyncClient() as http:
+            for child in self.children:
+                probe = "/healthz" if child.name == "sandbox" else "/readyz"
+                url = self._child_urls[child.name] + probe
+                await _wait_ready(http, child, url, restarting=restarting)
 
     async def stop(self) -> None:
         # the supervisor first: the processes stopped now are not to be started again
@@ -223,12 +229,15 @@ class ProcessSystem:
             await child.stop()
 
 
-async def _wait_ready(http: httpx.AsyncClient, child: Child, url: str) -> None:
+async def _wait_ready(
+    http: httpx.AsyncClient, child: Child, url: str, *, restarting: bool = False
+) -> None:
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
-        if child.process is not None and child.process.returncode is not None:
+        process = child.process
+        if process is not None and process.returncode is not None and not restarting:
             raise RuntimeError(
-                f"{child.name} exited with {child.process.returncode}; see {child.log_path}"
+                f"{child.name} exited with {process.returncode}; see {child.log_path}"
             )
         with contextlib.suppress(httpx.HTTPError):
             if (await http.get(url, timeout=2)).status_code == 200:
