@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.metrics import prometheus_text
 from shared.ops_health import messaging_health, process_health
@@ -53,6 +54,37 @@ def require_role(*allowed: Role) -> Callable[[Request], Awaitable[Role]]:
     return check
 
 
+class RefuseNulInUrl:
+    """ASGI middleware: a path or query string holding NUL (``%00``) is answered 422.
+
+    Every id and SKU in a URL is looked up in PostgreSQL, whose text cannot hold U+0000:
+    left to the route, the query fails and the answer is a 500. One check here covers every
+    route of every service, the pages included.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        where = _nul_in_url(scope) if scope["type"] == "http" else None
+        if where is None:
+            await self.app(scope, receive, send)
+            return
+        error = {"loc": [where], "msg": "must not contain the NUL character (U+0000)"}
+        response = JSONResponse({"detail": [{**error, "type": "value_error"}]}, status_code=422)
+        await response(scope, receive, send)
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    """Where the request's URL holds NUL: "path", "query" or None."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query: bytes = scope["query_string"]
+    if b"%00" in query or b"\x00" in query:
+        return "query"
+    return None
+
+
 def health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -89,6 +121,7 @@ def create_service_app(
 
     app = FastAPI(title=f"Waybill {runtime.name}", lifespan=lifespan)
     app.state.runtime = runtime
+    app.add_middleware(RefuseNulInUrl)
     app.include_router(health_router())
 
     @app.get("/metrics", dependencies=[Depends(require_role("ops"))], include_in_schema=False)

@@ -23,6 +23,11 @@ class WebhookSignatureError(Exception):
         self.reason = reason
 
 
+class WebhookPayloadError(WebhookSignatureError):
+    """Signed by the carrier, but the body is not a tracking event: answer 422 (a bad body),
+    not 401. A WebhookSignatureError still, for callers that only tell accepted from not."""
+
+
 def _digest(secret: str, body: bytes, timestamp: int) -> str:
     signed = f"{timestamp}.".encode() + body
     return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()

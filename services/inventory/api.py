@@ -12,7 +12,8 @@ from services.inventory import handlers
 from services.inventory.storage import repository as repo
 from shared.db import unit_of_work
 from shared.events import StockReceived
-from shared.events.base import CountryCode, Identifier, ShortText, Sku
+from shared.events.base import CountryCode, Identifier, PostalCode, ShortText, Sku
+from shared.events.inventory import BinLabel
 from shared.http import require_role, runtime_of
 from shared.messaging import PermanentFailure
 
@@ -22,7 +23,7 @@ router = APIRouter(tags=["inventory"])
 class WarehouseBody(BaseModel):
     name: ShortText
     country: CountryCode
-    postal_code: str = Field(min_length=1, max_length=16)
+    postal_code: PostalCode
 
 
 class StockReceiptBody(BaseModel):
@@ -30,7 +31,7 @@ class StockReceiptBody(BaseModel):
     warehouse_id: Identifier
     sku: Sku
     quantity: int = Field(ge=1, le=1_000_000)
-    bin: str | None = Field(default=None, max_length=64)
+    bin: BinLabel | None = None
 
 
 @router.put("/warehouses/{warehouse_id}", dependencies=[Depends(require_role("admin"))])
@@ -60,8 +61,9 @@ async def post_stock_receipt(body: StockReceiptBody, request: Request) -> dict[s
                 await handlers.receive_stock(
                     event, uow, autopick=runtime.extras["autopick"], now=runtime.clock.now()
                 )
-    except PermanentFailure as exc:
-        raise HTTPException(422, str(exc)) from exc
+    except PermanentFailure as exc:  # an unknown warehouse: a field error like any other
+        detail = [{"loc": ["body", "warehouse_id"], "msg": str(exc), "type": "unknown_warehouse"}]
+        raise HTTPException(422, detail) from exc
     return {"event_id": str(event.event_id), "status": "received"}
 
 

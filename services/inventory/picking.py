@@ -52,6 +52,10 @@ AUTOPACK_PARCEL = {"length_mm": 400, "width_mm": 300, "height_mm": 200}
 # -- refusals: what the floor's state does not allow, worded for a person ----------------
 
 
+#: pick-list line numbers are PostgreSQL integers, counted from 1
+MAX_LINE_NO = 2**31 - 1
+
+
 class PickingRefused(Exception):
     """A pick or a pack that cannot be done; the message says why, for the person doing it."""
 
@@ -335,6 +339,8 @@ async def confirm_pick(
     A SKU other than the line's is refused, and so is more than the line still needs;
     the same full-quantity scan of a line already picked changes nothing.
     """
+    if not 1 <= line_no <= MAX_LINE_NO:  # beyond the column's range: no such line either
+        raise NotFound(f"pick list {picklist_id} has no line {line_no}")
     line = await store.lock_line(uow.conn, picklist_id, line_no)
     if line is None or (warehouse_id is not None and line["warehouse_id"] != warehouse_id):
         raise NotFound(f"pick list {picklist_id} has no line {line_no}")

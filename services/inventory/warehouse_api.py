@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from importlib.resources import files
@@ -31,7 +32,7 @@ from services.inventory.storage import picking as store
 from services.inventory.storage import repository as inventory_repo
 from shared.db import UnitOfWork, unit_of_work
 from shared.events import Parcel, ReceivedLine
-from shared.events.base import Identifier, Sku
+from shared.events.base import ORDER_ID_PATTERN, Identifier, Sku
 from shared.http import require_role, role_of_token, runtime_of
 
 router = APIRouter(tags=["picking"])
@@ -55,6 +56,7 @@ _SECURITY_HEADERS = {
 }
 
 T = TypeVar("T")
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
 #: a deadlock or serialization failure passes: the whole unit of work runs again
 _ATTEMPTS = 3
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
@@ -554,6 +556,9 @@ async def pack(warehouse_id: str, request: Request) -> Response:
         return refused
     form = await request.form()
     order_id = str(form.get("order_id", ""))
+    if not _ORDER_ID.fullmatch(order_id):  # no order has it (and NUL cannot be looked up)
+        text = f"Not packed: there is no order {order_id[:64]!r}."
+        return _back(request, warehouse_id, kind="error", text=text)
     rows = _prefilled_parcels(form)
     again = {"order_id": order_id, "parcels": max(len(rows), 1), **_columns(rows)}
     parcels: list[Parcel] = []

@@ -55,7 +55,7 @@ async def submit_order(request: Request) -> JSONResponse:
         )
     try:
         payload: Any = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than parsed
         return _unprocessable([("(body)", f"not JSON: {exc}")])
     if not isinstance(payload, dict):
         return _unprocessable([("(body)", "must be a JSON object")])

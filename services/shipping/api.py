@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    StringConstraints,
+    ValidationError,
+)
 
 from services.shipping import handlers
 from services.shipping.storage import repository as repo
@@ -13,10 +19,22 @@ from shared.carriers import CarrierGateway
 from shared.carriers.purchase import LabelPurchaser
 from shared.db import unit_of_work
 from shared.db.notify import notify
+from shared.events.base import Text, Timestamp, storable_text
 from shared.http import require_role, runtime_of
-from shared.signing import WebhookSignatureError
+from shared.signing import WebhookPayloadError, WebhookSignatureError
 
 router = APIRouter(tags=["shipping"])
+
+
+class TrackingPush(BaseModel):
+    """What a carrier's push must come to, whatever its format, to be recorded: the parsers
+    read the carrier's JSON loosely (a number where text belongs, a time without an offset)."""
+
+    tracking_number: Annotated[str, StringConstraints(min_length=1), AfterValidator(storable_text)]
+    status: Text
+    at: Timestamp
+    event_id: Text | None = None
+    description: Text | None = None
 
 
 @router.post("/webhooks/carriers/{carrier}", status_code=202)
@@ -29,8 +47,18 @@ async def carrier_webhook(carrier: str, request: Request) -> dict[str, Any]:
         update = gateway.parse_webhook(
             {k.lower(): v for k, v in request.headers.items()}, body, now=time.time()
         )
+        TrackingPush.model_validate(update, from_attributes=True)
+    except WebhookPayloadError as exc:
+        unreadable = {"loc": ["body"], "msg": f"not a tracking event: {exc}", "type": "value_error"}
+        raise HTTPException(422, [unreadable]) from exc
     except WebhookSignatureError as exc:
         raise HTTPException(401, f"webhook refused: {exc}") from exc
+    except ValidationError as exc:  # signed, readable, but not what a tracking event holds
+        fields = [
+            {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False)
+        ]
+        raise HTTPException(422, fields) from exc
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
         applied = await handlers.record_tracking(uow, update, source="webhook")
     if applied is None:

@@ -29,7 +29,7 @@ from shared.carriers.base import (
     TrackingEvent,
 )
 from shared.carriers.http import CarrierAnswer, call_carrier, carrier_session
-from shared.signing import WebhookSignatureError
+from shared.signing import WebhookPayloadError, WebhookSignatureError
 
 SIGNATURE_HEADER = "X-Hmac-Signature"
 SIGNATURE_PREFIX = "hmac-sha256-hex="
@@ -295,7 +295,7 @@ class EasyPostCarrierGateway:
                     raw=tracker,
                 )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise WebhookSignatureError(f"signed but unreadable body: {exc}") from exc
+            raise WebhookPayloadError(f"signed but unreadable body: {exc}") from exc
         raw = {**newest.raw, "easypost_event_id": payload.get("id")}
         return TrackingEvent(
             tracking_number=newest.tracking_number,

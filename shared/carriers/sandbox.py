@@ -20,7 +20,7 @@ from shared.carriers.base import (
     TrackingEvent,
 )
 from shared.carriers.http import call_carrier, carrier_session, error_for_status
-from shared.signing import SIGNATURE_HEADER, WebhookSignatureError, verify_webhook
+from shared.signing import SIGNATURE_HEADER, WebhookPayloadError, verify_webhook
 
 
 class SandboxCarrierGateway:
@@ -175,4 +175,4 @@ class SandboxCarrierGateway:
                 raw=payload,
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise WebhookSignatureError(f"signed but unreadable body: {exc}") from exc
+            raise WebhookPayloadError(f"signed but unreadable body: {exc}") from exc

@@ -74,6 +74,28 @@ def _email(value: str) -> str:
     return value
 
 
+#: the span a timestamp may fall in: far wider than any real event, and far enough inside
+#: what datetime holds (the years 1 to 9999) for the arithmetic done on it (promises,
+#: windows, deadlines) and for its conversion to UTC
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _within_reach(value: datetime) -> datetime:
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError("must lie between the years 1000 and 9000")
+    return value
+
+
+def storable_text(value: str) -> str:
+    # PostgreSQL's text and jsonb cannot hold U+0000: refused here, with the field's name (a
+    # rejection, a 422), not by the database in the handler's transaction (retried, then
+    # dead-lettered; over HTTP a 500)
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
 Money = Annotated[
     Decimal,
     BeforeValidator(_money_from_string),
@@ -82,13 +104,26 @@ Money = Annotated[
 ]
 CurrencyCode = Annotated[str, AfterValidator(_currency)]
 CountryCode = Annotated[str, AfterValidator(_country)]
-Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_email)]
+#: text that can be stored: every free-text field of an event (no NUL); where a field is
+#: optional and bounded, the bound goes before the check, inside one Annotated (pydantic's
+#: usual "String should have at most ..." message)
+Text = Annotated[str, AfterValidator(storable_text)]
+Email = Annotated[
+    str, StringConstraints(max_length=254), AfterValidator(storable_text), AfterValidator(_email)
+]
 OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Sku = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(storable_text)
+]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(storable_text)]
+ShortText = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable_text)
+]
+PostalCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=16), AfterValidator(storable_text)
+]
 Quantity = Annotated[int, Field(ge=1, le=999)]
-Timestamp = AwareDatetime
+Timestamp = Annotated[AwareDatetime, AfterValidator(_within_reach)]
 
 
 class Model(BaseModel):

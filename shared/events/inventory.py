@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from shared import topics
-from shared.events.base import CountryCode, Event, Identifier, Model, OrderId, Sku
+from shared.events.base import (
+    CountryCode,
+    Event,
+    Identifier,
+    Model,
+    OrderId,
+    PostalCode,
+    Sku,
+    storable_text,
+)
 from shared.events.orders import ShipmentLine
+
+#: where stock lies in a warehouse ("A-01-3"); none: the warehouse's default bin
+BinLabel = Annotated[str, Field(max_length=64), AfterValidator(storable_text)]
 
 
 class StockReceived(Event):
@@ -21,7 +34,7 @@ class StockReceived(Event):
     warehouse_id: Identifier
     sku: Sku
     quantity: int = Field(ge=1, le=1_000_000)
-    bin: str | None = Field(default=None, max_length=64)
+    bin: BinLabel | None = None
 
 
 class Allocation(Model):
@@ -85,7 +98,7 @@ class Origin(Model):
     """Where a shipment leaves from: what a carrier needs to quote and collect."""
 
     country: CountryCode
-    postal_code: str = Field(min_length=1, max_length=16)
+    postal_code: PostalCode
 
 
 class OrderPacked(Event):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from shared import topics
 from shared.events.base import (
@@ -18,10 +18,13 @@ from shared.events.base import (
     Model,
     Money,
     OrderId,
+    PostalCode,
     Quantity,
     ShortText,
     Sku,
+    Text,
     Timestamp,
+    storable_text,
 )
 
 ServiceLevel = Literal["standard", "express"]
@@ -38,9 +41,9 @@ class Address(Model):
     line2: ShortText | None = None
     city: ShortText
     region: ShortText | None = None
-    postal_code: str = Field(min_length=1, max_length=16)
+    postal_code: PostalCode
     country: CountryCode
-    phone: str | None = Field(default=None, max_length=32)
+    phone: Annotated[str, Field(max_length=32), AfterValidator(storable_text)] | None = None
 
 
 class OrderLine(Model):
@@ -114,14 +117,14 @@ class OrderCancellationRequested(Event):
 
     order_id: OrderId
     requested_at: Timestamp
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str, Field(max_length=500), AfterValidator(storable_text)] | None = None
 
 
 class OrderCancelled(Event):
     TOPIC = topics.ORDERS_CANCELLED
 
     order_id: OrderId
-    reason: str | None = None
+    reason: Text | None = None
 
 
 class OrderCancellationRejected(Event):
@@ -143,10 +146,16 @@ class SlaBreached(Event):
     observed_at: Timestamp
 
 
+#: a Kafka topic's name, as Kafka allows it
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+
+
 class RedriveRequested(Event):
     """An order is stuck (internal: orders to every service): each service publishes again
-    the events of ``order_id`` from its outbox. Consumers' inboxes absorb the copies they
-    have handled; the one that was lost (a broker restart) moves the order on."""
+    its events of ``order_id`` on ``topics`` from its outbox, the ones the overdue stage
+    needs from the order's ``status`` on; without ``topics`` (a request from an orders that
+    did not narrow its re-drives), every one of them. Consumers' inboxes absorb the copies
+    they have handled; the one that was lost moves the order on."""
 
     TOPIC = topics.ORDERS_REDRIVE_REQUESTED
 
@@ -154,6 +163,7 @@ class RedriveRequested(Event):
     stage: SlaStage
     status: str
     requested_at: Timestamp
+    topics: list[TopicName] | None = Field(default=None, max_length=100)
 
 
 class ShipmentLine(Model):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from shared import topics
 from shared.events.base import (
@@ -14,9 +14,12 @@ from shared.events.base import (
     Identifier,
     Model,
     Money,
+    OrderId,
     Quantity,
     Sku,
+    Text,
     Timestamp,
+    storable_text,
 )
 
 
@@ -41,7 +44,7 @@ class ReturnRequested(Event):
     lines: list[ReturnLine] = Field(min_length=1, max_length=100)
     resolution: Literal["refund", "exchange"] = "refund"
     exchange_for: list[ReturnLine] | None = Field(default=None, max_length=100)
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Annotated[str, Field(max_length=1000), AfterValidator(storable_text)] | None = None
 
     @model_validator(mode="after")
     def _exchange_needs_nothing_for_refund(self) -> ReturnRequested:
@@ -51,9 +54,9 @@ class ReturnRequested(Event):
 
 
 class ReturnLabel(Model):
-    carrier: str
-    tracking_number: str
-    label_url: str
+    carrier: Text
+    tracking_number: Text
+    label_url: Text
 
 
 class ReturnApproved(Event):
@@ -68,7 +71,7 @@ class ReturnApproved(Event):
 
     return_id: Identifier
     order_id: Identifier
-    rma: str
+    rma: Text
     return_label: ReturnLabel
     lines: list[ReturnLine] = Field(default_factory=list)
     warehouse_id: Identifier | None = None
@@ -143,5 +146,6 @@ class ExchangeRequested(Event):
 
     return_id: Identifier
     order_id: Identifier
-    replacement_order_id: Identifier
+    #: the id the replacement order is placed under: an order id like any other
+    replacement_order_id: OrderId
     lines: list[ReturnLine] = Field(min_length=1, max_length=100)

@@ -8,7 +8,7 @@ from uuid import UUID
 from pydantic import Field
 
 from shared import topics
-from shared.events.base import Event, Identifier, OrderId, Timestamp
+from shared.events.base import Event, Identifier, OrderId, Text, Timestamp
 from shared.events.inventory import Origin
 from shared.events.orders import ShipmentLine
 
@@ -32,10 +32,10 @@ class ShipmentLabelCreated(Event):
     order_id: OrderId
     shipment_id: UUID
     warehouse_id: Identifier | None = None
-    carrier: str
-    service: str
-    tracking_number: str
-    label_url: str
+    carrier: Text
+    service: Text
+    tracking_number: Text
+    label_url: Text
     estimated_delivery: Timestamp
     at_risk: bool = False
     lines: list[ShipmentLine] = Field(default_factory=list)
@@ -46,8 +46,8 @@ class ShipmentShipped(Event):
 
     order_id: OrderId
     shipment_id: UUID
-    carrier: str
-    tracking_number: str
+    carrier: Text
+    tracking_number: Text
     shipped_at: Timestamp
 
 
@@ -65,7 +65,7 @@ class ShipmentDelivered(Event):
     shipment_id: UUID
     delivered_at: Timestamp
     source: Literal["webhook", "poll", "manual"]
-    carrier: str | None = None
+    carrier: Text | None = None
     warehouse_id: Identifier | None = None
     ship_from: Origin | None = None
     lines: list[ShipmentLine] = Field(default_factory=list)
@@ -89,4 +89,4 @@ class ShipmentException(Event):
     order_id: OrderId
     shipment_id: UUID
     status: TrackingStatus | LabelProblem
-    detail: str
+    detail: Text

@@ -153,6 +153,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL's text and jsonb take it: NUL and lone surrogates replaced (a
+    record's key, header names and the error text come from outside; a dead letter that
+    cannot be written would fail the batch on every delivery)."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 #: the header ``waybill dlq replay`` adds: where the dead-lettered original was
 REPLAYED_FROM = "waybill-replayed-from"
 
@@ -297,7 +304,10 @@ class EventConsumer:
         size = len(value)
         try:
             payload = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # besides bad UTF-8 and bad JSON: an integer of more digits than int() converts
+            # (ValueError) and nesting deeper than the parser recurses; raising would send
+            # the batch back to the broker again and again, the partition stuck behind it
             return Delivery(record, topic, fallback_id, undecodable=f"not JSON: {exc}")
         if not isinstance(payload, dict):
             return Delivery(record, topic, fallback_id, undecodable="not a JSON object")
@@ -510,9 +520,10 @@ class EventConsumer:
     ) -> None:
         metrics.dead_lettered.add(1, {"service": self.schema, "topic": d.topic})
         r = d.record
-        key = r.key.decode(errors="replace") if r.key is not None else None
+        key = _storable(r.key.decode(errors="replace")) if r.key is not None else None
         value = r.value or b""
-        headers = [(k, base64.b64encode(v).decode()) for k, v in r.headers]
+        headers = [(_storable(k), base64.b64encode(v).decode()) for k, v in r.headers]
+        error = _storable(error)
         inserted = await uow.conn.fetchval(
             """
             INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value,

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.events import EVENTS_BY_TOPIC, OrderPlaced, ReturnRequested
+from shared.events import EVENTS_BY_TOPIC, OrderPlaced, RedriveRequested, ReturnRequested
 from tests.factories import order_placed
 
 
@@ -106,3 +106,21 @@ def test_every_contract_topic_has_a_model() -> None:
         "orders.redrive-requested",
     }
     assert set(EVENTS_BY_TOPIC) == contract_topics | internal
+
+
+def test_a_redrive_request_without_topics_still_parses_and_means_every_topic() -> None:
+    # a request from an orders that did not narrow its re-drives yet
+    old = {
+        "event_id": "0b1e7c9a-6c1f-4d2a-9a43-0c6e5b2f7d11",
+        "occurred_at": "2026-11-20T10:00:00+00:00",
+        "order_id": "shop1:1",
+        "stage": "dispatch",
+        "status": "accepted",
+        "requested_at": "2026-11-20T10:00:00+00:00",
+    }
+    assert RedriveRequested.model_validate(old).topics is None
+    narrowed = RedriveRequested.model_validate(old | {"topics": ["orders.accepted"]})
+    assert narrowed.topics == ["orders.accepted"]
+    for bad in (["orders accepted"], ["a\x00b"], [""], ["t"] * 101):
+        with pytest.raises(ValidationError):
+            RedriveRequested.model_validate(old | {"topics": bad})
