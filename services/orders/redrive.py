@@ -1,14 +1,20 @@
-"""Stuck orders (issue: observability and SLA operations): an order whose stage is past its
-deadline without being met is re-driven once, and reported if that does not move it.
+"""Stuck orders (issue: observability and SLA operations): the last resort for an event the
+broker lost. An order whose stage is past its deadline without being met is re-driven once,
+and reported if that does not move it.
 
-Re-driving publishes the order's events again: orders copies its own outbox rows for the
-order and publishes ``orders.redrive-requested``, which makes inventory, shipping and
-returns copy theirs (shared/messaging/redrive.py). Consumers' inboxes absorb every copy
-they handled; an event the broker lost (the memory-only embedded broker restarted while it
-was in flight) is handled now, and the order moves on. An order that has not moved
-``redrive_wait`` after its re-drive (its status unchanged and the stage still not met) is
-reported: a warning in the log, ``waybill.orders.stuck`` in the metrics, and the "stuck"
-list of ``GET /sla/summary``, the ops page and ``waybill sla``, until it moves.
+Only an order that may wait on a lost event is re-driven (services/orders/domain/redrive.py):
+not one waiting for stock (``backordered``) or for the carrier (``label_created``,
+``shipped``), which are breaches and nothing more. And only the events the overdue stage
+needs from the order's status on are published again: orders copies its own outbox rows of
+those topics for the order and publishes ``orders.redrive-requested`` naming them, which
+makes inventory, shipping and returns copy theirs of the same topics
+(shared/messaging/redrive.py). Consumers' inboxes absorb every copy they handled; an event
+the broker lost is handled now, and the order moves on. (When the broker loses its data,
+each service publishes its recent outbox again by itself, shared/runtime.py: the re-drive
+is for what that does not cover.) An order that has not moved ``redrive_wait`` after its
+re-drive (its status unchanged and the stage still not met) is reported: a warning in the
+log, ``waybill.orders.stuck`` in the metrics, and the "stuck" list of ``GET /sla/summary``,
+the ops page and ``waybill sla``, until it moves.
 
 Everything is judged on the injectable clock, like the SLA engine.
 """
@@ -19,6 +25,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.orders.domain.redrive import not_redriven_keys, redrive_topics
 from services.orders.storage import repository as repo
 from shared import metrics, telemetry, topics
 from shared.db import UnitOfWork
@@ -32,8 +39,12 @@ BATCH = 100
 
 
 async def check(uow: UnitOfWork, *, now: datetime, wait: timedelta) -> None:
-    """One round: re-drive overdue stages, settle re-drives that worked, report the rest."""
-    for overdue in await repo.overdue_without_redrive(uow.conn, now=now, limit=BATCH):
+    """One round: re-drive overdue stages (those that may wait on a lost event), settle
+    re-drives that worked, report the rest."""
+    overdue_stages = await repo.overdue_without_redrive(
+        uow.conn, now=now, limit=BATCH, not_redriven=not_redriven_keys()
+    )
+    for overdue in overdue_stages:
         await redrive(uow, overdue, now=now)
     for moved in await repo.resolve_redrives(uow.conn, now=now):
         log.info(
@@ -56,7 +67,9 @@ async def check(uow: UnitOfWork, *, now: datetime, wait: timedelta) -> None:
 
 
 async def redrive(uow: UnitOfWork, overdue: dict[str, Any], *, now: datetime) -> None:
-    order_id, stage = overdue["order_id"], overdue["stage"]
+    order_id, stage, status = overdue["order_id"], overdue["stage"], overdue["status"]
+    needed = redrive_topics(stage, status)
+    topics_asked = list(needed) if needed is not None else None
     parent = telemetry.context_from(await repo.first_trace_headers(uow.conn, order_id))
     with telemetry.span(
         "redrive order",
@@ -66,23 +79,31 @@ async def redrive(uow: UnitOfWork, overdue: dict[str, Any], *, now: datetime) ->
             "waybill.order_id": order_id,
             "waybill.stage": stage,
             "waybill.sla_deadline": overdue["deadline"].isoformat(),
+            "waybill.redrive_topics": topics_asked if topics_asked is not None else ["*"],
         },
     ) as span:
         request = RedriveRequested(
-            order_id=order_id, stage=stage, status=overdue["status"], requested_at=now
+            order_id=order_id,
+            stage=stage,
+            status=status,
+            requested_at=now,
+            topics=topics_asked,
         )
         first = await repo.record_redrive(
             uow.conn,
             order_id=order_id,
             stage=stage,
             return_id=overdue["return_id"],
-            status=overdue["status"],
+            status=status,
             deadline=overdue["deadline"],
             at=now,
+            topics=topics_asked,
         )
         if not first:  # another instance of orders got there first
             return
-        copied = await republish_order(uow, order_id=order_id, request_id=str(request.event_id))
+        copied = await republish_order(
+            uow, order_id=order_id, request_id=str(request.event_id), topics=topics_asked
+        )
         await repo.count_republished(
             uow.conn, order_id=order_id, stage=stage, return_id=overdue["return_id"], n=copied
         )
@@ -90,20 +111,21 @@ async def redrive(uow: UnitOfWork, overdue: dict[str, Any], *, now: datetime) ->
         await repo.append_timeline(
             uow.conn,
             order_id=order_id,
-            status=overdue["status"],
+            status=status,
             at=now,
             topic=topics.ORDERS_REDRIVE_REQUESTED,
             event_id=request.event_id,
-            detail={"stage": stage, "republished": copied},
+            detail={"stage": stage, "topics": topics_asked, "republished": copied},
         )
         span.set_attribute("waybill.republished", copied)
     metrics.redrives.add(1, {"service": "orders", "stage": stage})
     log.info(
         "order %s re-driven: stage %s overdue since %s at status %s; %d events of orders "
-        "published again, the other services asked for theirs",
+        "published again, the other services asked for theirs (%s)",
         order_id,
         stage,
         overdue["deadline"].isoformat(),
-        overdue["status"],
+        status,
         copied,
+        ", ".join(topics_asked) if topics_asked is not None else "every topic",
     )

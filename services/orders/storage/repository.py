@@ -385,15 +385,19 @@ async def stage_latency_by_hour(
 
 
 async def overdue_without_redrive(
-    conn: Connection, *, now: datetime, limit: int
+    conn: Connection, *, now: datetime, limit: int, not_redriven: list[str]
 ) -> list[dict[str, Any]]:
-    """Stages past their deadline, not met, whose order was not re-driven for them yet."""
+    """Stages past their deadline, not met, whose order was not re-driven for them yet and
+    does not wait for a known reason (``not_redriven``: ``stage/status`` keys, such as an
+    order waiting for stock). Those are left out here, not after the limit, so that however
+    many of them there are they never hold back the others."""
     rows = await conn.fetch(
         """
         SELECT s.order_id, s.stage, '' AS return_id, s.deadline, o.status
         FROM order_slas s JOIN orders o USING (order_id)
         WHERE s.met_at IS NULL AND NOT s.closed AND s.deadline < $1
           AND o.status <> ALL($3::text[])
+          AND s.stage || '/' || o.status <> ALL($4::text[])
           AND NOT EXISTS (SELECT 1 FROM order_redrives r
                           WHERE r.order_id = s.order_id AND r.stage = s.stage
                             AND r.return_id = '')
@@ -410,6 +414,7 @@ async def overdue_without_redrive(
         now,
         limit,
         sorted(TERMINAL),
+        not_redriven,
     )
     return [dict(r) for r in rows]
 
@@ -423,13 +428,15 @@ async def record_redrive(
     status: str,
     deadline: datetime,
     at: datetime,
+    topics: list[str] | None,
 ) -> bool:
-    """True the first time for this order and stage (one re-drive each)."""
+    """True the first time for this order and stage (one re-drive each). ``topics``: the
+    ones re-driven (None: every topic)."""
     result = await conn.execute(
         """
         INSERT INTO order_redrives
-            (order_id, stage, return_id, status, deadline, redriven_at, republished)
-        VALUES ($1, $2, $3, $4, $5, $6, 0)
+            (order_id, stage, return_id, status, deadline, redriven_at, republished, topics)
+        VALUES ($1, $2, $3, $4, $5, $6, 0, $7)
         ON CONFLICT DO NOTHING
         """,
         order_id,
@@ -438,6 +445,7 @@ async def record_redrive(
         status,
         deadline,
         at,
+        topics,
     )
     return bool(result == "INSERT 0 1")
 
@@ -513,7 +521,7 @@ async def redrives_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """
         SELECT stage, nullif(return_id, '') AS return_id, status, deadline, redriven_at,
-               republished, resolved_at, reported_at
+               topics, republished, resolved_at, reported_at
         FROM order_redrives WHERE order_id = $1 ORDER BY redriven_at
         """,
         order_id,
