@@ -271,6 +271,7 @@ def _receipt_problems(ret: dict[str, Any], lines: list[ReceivedLine]) -> list[di
                 {
                     "loc": ["body", "lines", index, "sku"],
                     "msg": f"{line.sku} is not part of return {ret['return_id']}",
+                    "type": "value_error",
                 }
             )
         elif received[line.sku] > expected[line.sku]:
@@ -279,6 +280,7 @@ def _receipt_problems(ret: dict[str, Any], lines: list[ReceivedLine]) -> list[di
                     "loc": ["body", "lines", index, "quantity"],
                     "msg": f"{received[line.sku]} x {line.sku} received, "
                     f"{expected[line.sku]} expected",
+                    "type": "value_error",
                 }
             )
     return problems

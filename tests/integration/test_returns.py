@@ -239,6 +239,9 @@ async def test_receipt_publishes_received_and_an_exact_refund_once(
         other = {"lines": [{"sku": "KEEP", "quantity": 1, "condition": "sellable"}]}
         r = await http.post(url, json=other, headers=warehouse)
         assert r.status_code == 422 and "not part of return" in r.text
+        # FastAPI's field-error shape, like every other 422
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "lines", 0, "sku"] and error["type"] == "value_error"
 
         first = await http.post(url, json=good, headers=warehouse)
         assert first.status_code == 200, first.text
