@@ -8,9 +8,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from opentelemetry import trace
+from pydantic import TypeAdapter, ValidationError
 
 from services.returns.domain.window import decide_return
 from services.returns.storage import repository as repo
@@ -30,6 +31,7 @@ from shared.events import (
     ReturnRequested,
     ShipmentDelivered,
 )
+from shared.events.base import Identifier
 from shared.messaging import InvalidEvent
 
 
@@ -181,13 +183,22 @@ async def decide_pending(
         await decide(uow, ret, window_days=window_days, now=now, final=False)
 
 
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+def _usable_identifier(value: object) -> TypeGuard[str]:
+    try:
+        _IDENTIFIER.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
 async def reject_invalid_return(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
     """``returns.rejected`` reason ``invalid``; a payload with no usable ids is dead-lettered."""
     return_id, order_id = invalid.payload.get("return_id"), invalid.payload.get("order_id")
-    if not (isinstance(return_id, str) and isinstance(order_id, str)):
-        return False
-    if not (0 < len(return_id) <= 64 and 0 < len(order_id) <= 64):
-        return False
+    if not (_usable_identifier(return_id) and _usable_identifier(order_id)):
+        return False  # a rejection naming it could not even be stored
     if await repo.find_return(uow.conn, return_id) is not None:
         return True
     uow.emit(ReturnRejected(return_id=return_id, order_id=order_id, reason="invalid"))

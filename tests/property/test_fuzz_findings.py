@@ -139,6 +139,26 @@ async def test_an_exchange_whose_replacement_is_no_order_id_is_dead_lettered_at_
     assert letter["error"].startswith("replacement_order_id: ")
 
 
+@pytest.mark.parametrize("return_id", ["\x00", "r\x00t", "r" * 65])
+async def test_a_return_request_whose_id_cannot_be_stored_is_dead_lettered_at_once(
+    consuming_services: dict[str, ConsumingService], return_id: str
+) -> None:
+    """No ``returns.rejected`` can name it (jsonb holds no NUL): a dead letter, not 5 tries."""
+    returns = consuming_services["returns"]
+    request = {
+        "event_id": str(uuid4()),
+        "return_id": return_id,
+        "order_id": KNOWN["order_id"][0],
+        "requested_at": datetime.now(UTC).isoformat(),
+        "lines": [{"sku": KNOWN["sku"][0], "quantity": 1}],
+    }
+    offset, answers = await consume(returns, "returns.requested", json.dumps(request).encode())
+    letter = await dead_letter(returns, "returns.requested", offset)
+    assert letter["error_type"] == "ValidationError" and letter["attempts"] == 1
+    assert letter["error"].startswith("return_id: ")
+    assert not [a for a in answers if a.topic == "returns.rejected"]
+
+
 @pytest.mark.parametrize(
     ("placed_at", "outcome"),
     [

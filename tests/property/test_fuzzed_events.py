@@ -114,7 +114,9 @@ def usable_order_id(payload: dict[str, Any]) -> str | None:
 
 def usable_id(payload: dict[str, Any], name: str) -> str | None:
     value = payload.get(name)
-    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+    # an Identifier: 1 to 64 characters, no NUL (which no rejection naming it could store)
+    usable = isinstance(value, str) and 0 < len(value) <= 64 and "\x00" not in value
+    return value if usable else None
 
 
 async def existing_return(service: ConsumingService, return_id: str | None) -> bool:
