@@ -297,6 +297,11 @@ class ServiceRuntime:
         if epoch is None or epoch == self.broker_epoch:
             return
         seen_before, self.broker_epoch = self.broker_epoch, epoch
+        if seen_before is not None:
+            # this service's topics went with the data: make them now, before the relay's
+            # next round or a consumer's rejoin, not at the next topic check
+            await ensure_topics(self.kafka, self.topics())
+            await self.refresh_metadata()
         window = self.settings.broker_loss_republish_seconds
         async with self.pool.acquire() as conn:
             republished = await record_epoch(conn, epoch, window_seconds=window)
@@ -320,6 +325,23 @@ class ServiceRuntime:
                 if consumer.assignment():
                     await consumer.seek_to_beginning()
             log.warning("%s: reading its topics from the beginning again", self.name)
+
+    async def refresh_metadata(self) -> None:
+        """Have this instance's clients read the broker's metadata now, not within five
+        minutes (aiokafka's ``metadata_max_age_ms``): after topics were made again, a topic
+        may have other partitions than before. A broker that creates a topic when a record
+        arrives for it (Tansu does, with 4 partitions) makes one that way whenever a producer
+        (a shop, another service's relay) is faster than the services that create it. The
+        consumers then rebalance onto every partition and the producer spreads keys over
+        them; with the old metadata they would leave partitions unread.
+
+        aiokafka has no public call for it: ``force_metadata_update`` of the client a
+        consumer holds (the producer's is public as ``client``)."""
+        clients = [consumer._client for consumer in self._consumers()]
+        if self._producer is not None:
+            clients.append(self._producer.client)
+        for client in clients:
+            await client.force_metadata_update()
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the database and the broker answer."""
@@ -376,7 +398,8 @@ async def _watch_broker(runtime: ServiceRuntime) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await ensure_topics(runtime.kafka, runtime.topics())
+            if await ensure_topics(runtime.kafka, runtime.topics()):
+                await runtime.refresh_metadata()
         except Exception as exc:  # the broker is down: say so, look again next round
             log.warning("%s could not check its topics: %s", runtime.name, exc)
         if runtime._broker is not None and runtime._pacer is not None:

@@ -206,7 +206,18 @@ class TopicWatch:
         await consumer.start()
         # the shop's watch fetches the way the services do (shared/messaging/fetch.py)
         self.pacer.attach(consumer)
-        # topics created a moment ago may not be in the broker's metadata yet
+        await self._wait_for_topics(consumer)
+        partitions = [
+            TopicPartition(name, p) for name in self.names for p in range(self.partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run())
+
+    async def _wait_for_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Until the broker has every watched topic (created a moment ago, or made again
+        after the broker lost its data)."""
         deadline = time.monotonic() + 30
         while True:
             known = await consumer.topics()
@@ -215,13 +226,6 @@ class TopicWatch:
             await asyncio.sleep(0.2)
         if not set(self.names) <= known:
             raise BenchFailed(f"topics missing on the broker: {sorted(set(self.names) - known)}")
-        partitions = [
-            TopicPartition(name, p) for name in self.names for p in range(self.partitions)
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -251,9 +255,22 @@ class TopicWatch:
 
     async def rewind(self) -> None:
         """Read every topic from its beginning again (after the broker lost its data, the
-        new topics' first records lie below the offsets already read); what was seen stays."""
-        if self._consumer is not None:
-            await self._consumer.seek_to_beginning()
+        new topics' first records lie below the offsets already read), every partition the
+        broker has now (a topic made again may have more: see
+        ``ServiceRuntime.refresh_metadata``); what was seen stays."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        await self._wait_for_topics(consumer)
+        await consumer._client.force_metadata_update()  # no public call (aiokafka 0.14)
+        partitions = [
+            TopicPartition(name, p)
+            for name in self.names
+            for p in sorted(consumer.partitions_for_topic(name) or range(self.partitions))
+        ]
+        if set(partitions) != consumer.assignment():
+            consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
 
     async def stop(self) -> None:
         """Stop watching (a second call does nothing); what was seen stays."""
@@ -529,6 +546,7 @@ class Bench:
         finally:
             await epoch.stop()
         await self.watch.rewind()
+        await self.producer.client.force_metadata_update()  # orders.placed may have new partitions
         again = [i for i, at in self.sent_at.items() if at >= placed_since]
         deliveries = [
             await self._send_placed(i, json.dumps(self.placed[i]).encode()) for i in again

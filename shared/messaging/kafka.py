@@ -88,10 +88,10 @@ async def ensure_topics(
     *,
     partitions: int | None = None,
     config: dict[str, str] | None = None,
-) -> None:
+) -> list[str]:
     """Create the topics that do not exist yet (idempotent, safe to race); names unprefixed.
     ``partitions`` and ``config`` override the settings' partition count and the broker's
-    topic defaults for the topics created."""
+    topic defaults for the topics created. Returns the (prefixed) names it created."""
     wanted = sorted({settings.topic_prefix + name for name in names})
     admin = AIOKafkaAdminClient(client_id="waybill-admin", **client_options(settings))
     await admin.start()
@@ -108,15 +108,16 @@ async def ensure_topics(
             if name not in existing
         ]
         if not missing:
-            return
+            return []
         try:
             response = await admin.create_topics(missing)
         except TopicAlreadyExistsError:
-            return
+            return []
         for topic, code, *_ in getattr(response, "topic_errors", []):
             # 36: TOPIC_ALREADY_EXISTS, when another service created it meanwhile.
             if code not in (0, 36):
                 raise RuntimeError(f"could not create topic {topic}: error code {code}")
         log.info("created topics %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
     finally:
         await admin.close()
