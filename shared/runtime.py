@@ -31,7 +31,7 @@ from shared.messaging import (
     pace_fetches,
     subscribe,
 )
-from shared.messaging.epoch import record_epoch
+from shared.messaging.epoch import record_epoch, rejoin_as_new_member
 from shared.metrics import broker_losses, configure_metrics, forget, observe
 from shared.ops_health import save_consumer_lag
 from shared.settings import KafkaSettings, ServiceSettings
@@ -319,9 +319,12 @@ class ServiceRuntime:
             if self._relay is not None:
                 self._relay.wake()
         if seen_before is not None:
-            # what was published after the loss and before this look is in the new topics,
-            # below offsets this consumer may have passed in the old ones
+            # assigned again from the new topics' partitions, then, since what was published
+            # after the loss and before this look is in the new topics, below offsets this
+            # consumer may have passed in the old ones: from their beginning
             for consumer in self._consumers():
+                if not await rejoin_as_new_member(consumer):
+                    log.warning("%s: a consumer has not rejoined its group yet", self.name)
                 if consumer.assignment():
                     await consumer.seek_to_beginning()
             log.warning("%s: reading its topics from the beginning again", self.name)
