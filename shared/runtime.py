@@ -31,7 +31,8 @@ from shared.messaging import (
     pace_fetches,
     subscribe,
 )
-from shared.messaging.epoch import record_epoch, rejoin_as_new_member
+from shared.messaging.epoch import record_epoch
+from shared.messaging.groups import leave_unannounced, rejoin_as_new_member, unannounced_leaves
 from shared.metrics import broker_losses, configure_metrics, forget, observe
 from shared.ops_health import save_consumer_lag
 from shared.settings import KafkaSettings, ServiceSettings
@@ -219,8 +220,13 @@ class ServiceRuntime:
         self._workers.clear()
         # Each step is bounded: a stop that hangs would outlive any orchestrator's grace period.
         if self._broker is not None:
+            unannounced = unannounced_leaves(self._consumers())
             await self._bounded(self._broker.stop(), "broker")
             self._broker = None
+            if unannounced and self._producer is not None:
+                await self._bounded(
+                    leave_unannounced(self._producer.client, unannounced), "group leave"
+                )
         if self._relay is not None:
             await self._bounded(self._relay.stop(), "outbox relay")
             self._relay = None

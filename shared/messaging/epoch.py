@@ -20,7 +20,7 @@ When it changes:
   retention window (``broker_loss_republish_seconds``): the relay publishes every event of
   that window again, in order, keeping each event's id and trace headers;
 - every instance has its consumers join their groups again as new members, so that they
-  are assigned the partitions the new topics have (``rejoin_as_new_member``), and moves
+  are assigned the partitions the new topics have (shared/messaging/groups.py), and moves
   them back to the beginning of the (new, short) topics, so that nothing published after
   the loss and before its consumer noticed is skipped.
 
@@ -31,15 +31,12 @@ in its database when it starts, and republishes the same way.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
 from shared.db.uow import Connection
 from shared.messaging.kafka import client_options, ensure_topics
@@ -184,37 +181,3 @@ async def epoch_health(conn: Connection) -> dict[str, object] | None:
         else None,
         "republished": row["republished"],
     }
-
-
-async def rejoin_as_new_member(consumer: AIOKafkaConsumer, *, timeout: float = 30.0) -> bool:
-    """Have ``consumer`` leave its group and join it again as a new member, and wait until
-    it holds partitions again (True) or ``timeout`` passed (False).
-
-    After a loss a topic may come back with more partitions than before (a broker that
-    makes a topic when a record arrives for it; Tansu makes 4). The group must then be
-    assigned again from the new metadata. A Kafka broker rebalances when a group's leader
-    joins again, and aiokafka's leader does so when its metadata changes; Tansu answers
-    such a join with the group's stored assignment, and it numbers the generations from 0,
-    for which aiokafka never sends LeaveGroup. A new member in a group whose old member
-    left is assigned from scratch by every broker, so that is what this does, with the
-    group coordinator's own requests (aiokafka has no public call for either)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    member_id = getattr(coordinator, "member_id", None)
-    if coordinator is None or member_id is None:
-        return True  # no group: the consumer assigns its partitions itself
-    if member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID:
-        try:
-            await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member_id))
-        except KafkaError as exc:  # the coordinator forgot the member already
-            log.info("leaving group %s: %s", coordinator.group_id, exc)
-    subscription = consumer._subscription.subscription
-    held = subscription.assignment if subscription is not None else None
-    coordinator.reset_generation()  # a new member id, and a join at the next round
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        subscription = consumer._subscription.subscription
-        if subscription is not None and subscription.assignment not in (None, held):
-            return True  # each join's assignment is a new object
-        await asyncio.sleep(0.1)
-    return False
