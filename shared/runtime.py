@@ -32,7 +32,12 @@ from shared.messaging import (
     subscribe,
 )
 from shared.messaging.epoch import record_epoch
-from shared.messaging.groups import leave_unannounced, rejoin_as_new_member, unannounced_leaves
+from shared.messaging.groups import (
+    leave_unannounced,
+    rejoin_as_new_member,
+    settle_before_leaving,
+    unannounced_leaves,
+)
 from shared.metrics import broker_losses, configure_metrics, forget, observe
 from shared.ops_health import save_consumer_lag
 from shared.settings import KafkaSettings, ServiceSettings
@@ -220,6 +225,12 @@ class ServiceRuntime:
         self._workers.clear()
         # Each step is bounded: a stop that hangs would outlive any orchestrator's grace period.
         if self._broker is not None:
+            await self._bounded(
+                settle_before_leaving(
+                    self._consumers(), timeout=self.kafka.session_timeout_ms / 1000
+                ),
+                "group rebalance",
+            )
             unannounced = unannounced_leaves(self._consumers())
             await self._bounded(self._broker.stop(), "broker")
             self._broker = None

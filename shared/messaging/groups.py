@@ -14,9 +14,11 @@ of the topics (:func:`rejoin_as_new_member`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
@@ -89,14 +91,7 @@ async def rejoin_as_new_member(consumer: AIOKafkaConsumer, *, timeout: float = 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
 
-    def joining() -> bool:
-        return bool(
-            coordinator._performed_join_prepare
-            or coordinator._rejoin_needed_fut.done()
-            or coordinator.member_id == UNKNOWN_MEMBER
-        )
-
-    await _until(lambda: not joining(), deadline)
+    await _until(lambda: not _joining(coordinator), deadline)
     member_id = coordinator.member_id
     if member_id != UNKNOWN_MEMBER:
         try:
@@ -112,6 +107,51 @@ async def rejoin_as_new_member(consumer: AIOKafkaConsumer, *, timeout: float = 3
         return subscription is not None and subscription.assignment not in (None, held)
 
     return await _until(assigned_again, deadline)
+
+
+def _joining(coordinator: Any) -> bool:
+    """Whether the consumer is (about to be) in a join: between a rebalance it heard of and
+    the assignment that ends it."""
+    return bool(
+        coordinator._performed_join_prepare
+        or coordinator._rejoin_needed_fut.done()
+        or coordinator.member_id == UNKNOWN_MEMBER
+    )
+
+
+def _settled(coordinator: Any) -> bool:
+    return not _joining(coordinator)
+
+
+async def settle_before_leaving(consumers: Sequence[AIOKafkaConsumer], *, timeout: float) -> None:
+    """Before ``consumers`` stop: let a rebalance of their groups under way complete.
+
+    Tansu mishandles a leader that leaves while its group rebalances: the leader stays
+    named in every later JoinGroup response, never sends the assignment, and the members
+    that remain fail their SyncGroup for good (seen in ``waybill chaos rebalance``: a
+    replica stopped 3 s after the other one started). Left from a settled group, the same
+    leader is replaced. So each consumer asks with a heartbeat whether its group is
+    rebalancing (its own heartbeats come every few seconds), and if so takes part until
+    the rebalance completes, at most ``timeout`` seconds. Kafka needs none of this, and
+    it costs nothing there but the heartbeat."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for consumer in consumers:
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "member_id", None) is None:
+            continue
+        if not _joining(coordinator):
+            await coordinator._do_heartbeat()  # a rebalance: it asks for the rejoin itself
+        if _settled(coordinator):
+            continue
+        started = loop.time()
+        settled = await _until(functools.partial(_settled, coordinator), deadline)
+        log.info(
+            "group %s was rebalancing; %s before leaving (%.1f s)",
+            coordinator.group_id,
+            "took part until it settled" if settled else "gave up waiting",
+            loop.time() - started,
+        )
 
 
 async def _until(condition: Callable[[], bool], deadline: float) -> bool:

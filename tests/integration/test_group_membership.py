@@ -1,5 +1,5 @@
 """Consumer group membership on a real broker (shared/messaging/groups.py): a replica that
-stops leaves its group, so the next one is assigned at once."""
+stops leaves its group, so that the members after it are assigned."""
 
 from __future__ import annotations
 
