@@ -8,6 +8,7 @@ tests never see each other's events or rows.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 
 from shared.infra import Infrastructure, provision_service_database, start_infrastructure
+from shared.infra.kafka import EmbeddedKafka
 from shared.settings import KafkaSettings
 from tests.support import EventLog, Publisher
 from waybill.system import SERVICES, LocalSystem, SystemConfig
@@ -64,6 +66,36 @@ def new_kafka(infra: Infrastructure) -> KafkaSettings:
         # the embedded broker completes a group join after half the session timeout
         session_timeout_ms=2_000,
         heartbeat_interval_ms=500,
+    )
+
+
+@pytest.fixture
+async def own_broker(tmp_path: Path) -> AsyncIterator[EmbeddedKafka]:
+    """An embedded broker of the test's own, for a test that restarts it or needs a
+    consumer group's first join. Name it before ``make_system`` in the test's arguments:
+    it then stops after the systems the test made."""
+    broker = EmbeddedKafka(log_path=tmp_path / "tansu.log")
+    await asyncio.to_thread(broker.start)
+    try:
+        yield broker
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+def kafka_on(
+    broker: EmbeddedKafka,
+    topic_prefix: str,
+    *,
+    session_timeout_ms: int = 2_000,
+    heartbeat_interval_ms: int = 500,
+) -> KafkaSettings:
+    """Settings for ``broker``, with two partitions per topic (the embedded default)."""
+    return KafkaSettings(
+        bootstrap=broker.bootstrap,
+        topic_prefix=topic_prefix,
+        topic_partitions=2,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
     )
 
 

@@ -6,6 +6,8 @@ a consumer that was its group's first member leaves without a word, and Tansu ke
 as the group's leader, so every later member waits for an assignment that the gone
 leader never sends (seen with two replicas, one stopped and started again: the other
 never got a partition). :func:`leave_unannounced` says it for them after they stopped.
+Tansu also keeps a leader that leaves while its group rebalances:
+:func:`settle_before_leaving` lets the rebalance finish first.
 
 After a broker lost its data, a group may hold an assignment made from a partial picture
 of the topics (:func:`rejoin_as_new_member`).
@@ -79,11 +81,10 @@ async def rejoin_as_new_member(consumer: AIOKafkaConsumer, *, timeout: float = 3
     new broker before the topics were all made was assigned from a partial picture. The
     group must be assigned again from the metadata as it is now. A Kafka broker rebalances
     when a group's leader joins again, and aiokafka's leader does so when its metadata
-    changes; Tansu answers such a join with the group's stored assignment, and it numbers
-    generations from 0, for which aiokafka never sends LeaveGroup. A new member in a group
-    whose old member left is assigned from scratch by every broker, so that is what this
-    does, with the group coordinator's own requests (aiokafka has no public call for
-    either). A join under way is let finish first: a member the broker admitted and
+    changes; Tansu answers such a join with the group's stored assignment. A new member in
+    a group whose old member left is assigned from scratch by every broker, so that is
+    what this does, with the group coordinator's own requests (aiokafka has no public call
+    for either). A join under way is let finish first: a member the broker admitted and
     nobody leaves for would hold the next join up for a session timeout."""
     coordinator = getattr(consumer, "_coordinator", None)
     if coordinator is None or getattr(coordinator, "member_id", None) is None:
@@ -91,7 +92,7 @@ async def rejoin_as_new_member(consumer: AIOKafkaConsumer, *, timeout: float = 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
 
-    await _until(lambda: not _joining(coordinator), deadline)
+    await _until(functools.partial(_settled, coordinator), deadline)
     member_id = coordinator.member_id
     if member_id != UNKNOWN_MEMBER:
         try:

@@ -17,7 +17,7 @@ from shared.infra.kafka import EmbeddedKafka
 from shared.messaging import BrokerEpoch, create_producer
 from shared.messaging.epoch import epoch_health, record_epoch
 from shared.settings import KafkaSettings
-from tests.conftest import MakeSystem, new_database
+from tests.conftest import MakeSystem, kafka_on, new_database
 from tests.factories import order_placed
 from tests.support import wait_for
 
@@ -110,46 +110,36 @@ async def test_a_broker_that_lost_its_data_shows_another_epoch(tmp_path: Path) -
 
 
 async def test_a_topic_a_producer_made_after_the_loss_is_read_on_every_partition(
-    make_system: MakeSystem, publisher_factory: Any, tmp_path: Path
+    own_broker: EmbeddedKafka, make_system: MakeSystem, publisher_factory: Any
 ) -> None:
     """Tansu makes a topic when a record arrives for one it lacks, with 4 partitions. After
     a loss the shop may be first: orders.placed then has 4 partitions where orders knew 2.
     Orders must read all four (it refreshes its metadata when it sees the new epoch), or it
     leaves half the orders unread for the five minutes of aiokafka's metadata age."""
-    broker = EmbeddedKafka(log_path=tmp_path / "tansu.log")
+    broker = own_broker
+    kafka = kafka_on(broker, "loss.")
+    system = await make_system(
+        services=["orders"],
+        with_sandbox=False,
+        kafka=kafka,
+        service_overrides={"broker_epoch_check_seconds": 3.0},
+    )
+    orders = system.runtimes["orders"]
+    await wait_for(lambda: orders.broker_epoch, what="the first epoch")
+
+    await asyncio.to_thread(broker.stop)  # memory only: every topic is gone
     await asyncio.to_thread(broker.start)
-    try:
-        kafka = KafkaSettings(
-            bootstrap=broker.bootstrap,
-            topic_prefix="loss.",
-            topic_partitions=2,
-            session_timeout_ms=2_000,
-            heartbeat_interval_ms=500,
-        )
-        system = await make_system(
-            services=["orders"],
-            with_sandbox=False,
-            kafka=kafka,
-            service_overrides={"broker_epoch_check_seconds": 3.0},
-        )
-        orders = system.runtimes["orders"]
-        await wait_for(lambda: orders.broker_epoch, what="the first epoch")
+    shop = await publisher_factory(kafka)  # the shop sends at once, before orders looks
+    placed = [order_placed() for _ in range(40)]
+    for order in placed:
+        await shop.send(topics.ORDERS_PLACED, order, key=order["order_id"])
+    ids = [order["order_id"] for order in placed]
 
-        await asyncio.to_thread(broker.stop)  # memory only: every topic is gone
-        await asyncio.to_thread(broker.start)
-        shop = await publisher_factory(kafka)  # the shop sends at once, before orders looks
-        placed = [order_placed() for _ in range(40)]
-        for order in placed:
-            await shop.send(topics.ORDERS_PLACED, order, key=order["order_id"])
-        ids = [order["order_id"] for order in placed]
+    async def accepted() -> bool:
+        async with orders.pool.acquire() as conn:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM orders WHERE order_id = ANY($1::text[])", ids
+            )
+        return bool(n == len(ids))
 
-        async def accepted() -> bool:
-            async with orders.pool.acquire() as conn:
-                n = await conn.fetchval(
-                    "SELECT count(*) FROM orders WHERE order_id = ANY($1::text[])", ids
-                )
-            return bool(n == len(ids))
-
-        await wait_for(accepted, timeout=60, what="every order accepted after the loss")
-    finally:
-        await asyncio.to_thread(broker.stop)
+    await wait_for(accepted, timeout=60, what="every order accepted after the loss")
