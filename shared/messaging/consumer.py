@@ -194,6 +194,7 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self._routes: dict[str, Route[Any]] = {}
+        self._observers: list[BatchHandler[Event]] = []
         self._pool: asyncpg.Pool | None = None
         self.topic_prefix = ""
         #: Called after a batch's transaction committed and before the offset is;
@@ -252,6 +253,13 @@ class EventConsumer:
             return handler
 
         return register
+
+    def observe(self, observer: BatchHandler[Event]) -> None:
+        """Call ``observer`` with every event a batch handled (not the duplicates, not the
+        invalid or dead-lettered ones), in the batch's order, after their handlers and in
+        the same transaction: what follows events of many topics at once (the orders
+        service's webhooks to shops)."""
+        self._observers.append(observer)
 
     def add_route(self, route: Route[Any]) -> None:
         if route.topic in self._routes:
@@ -366,6 +374,7 @@ class EventConsumer:
         # Topics are independent streams (their relative order was never defined); within
         # a topic, or a group of topics handled together, records keep the batch's order.
         units: dict[str, list[Delivery]] = {}
+        handled: list[Event] = []  # the valid new events, in the batch's order
         for d in deliveries:
             if d.undecodable is not None:
                 await self._dead_letter(uow, d, d.undecodable, "UndecodableRecord", attempts=1)
@@ -377,11 +386,15 @@ class EventConsumer:
             claimed.discard(entry)  # a second copy in this same batch is a duplicate too
             route = self._routes[d.topic]
             units.setdefault(route.together or d.topic, []).append(d)
+            if d.event is not None:
+                handled.append(d.event)
         for unit, fresh in units.items():
             await self._dispatch_unit(unit, fresh, uow)
             self.handled += len(fresh)
             for topic, n in Counter(d.topic for d in fresh).items():
                 metrics.events_handled.add(n, {"service": self.schema, "topic": topic})
+        for observer in self._observers if handled else ():
+            await observer(handled, uow)
 
     async def _settle_replayed(self, deliveries: list[Delivery], uow: UnitOfWork) -> None:
         """A dead letter replayed (``waybill dlq replay``) is settled with its copy: handled,

@@ -85,6 +85,7 @@ async def harness(infra: Any) -> AsyncIterator[Harness]:
     conn = await asyncpg.connect(dsn)
     await apply_migrations(conn, schema=schema, sources=[shared_migrations()])
     await conn.execute("CREATE TABLE effects (order_id text NOT NULL, note text)")
+    await conn.execute("CREATE TABLE observed (topic text NOT NULL, order_id text NOT NULL)")
     await conn.close()
     pool = await create_pool(dsn, schema=schema, min_size=1, max_size=4)
     poison: set[str] = set()
@@ -106,6 +107,15 @@ async def harness(infra: Any) -> AsyncIterator[Harness]:
         await uow.conn.execute(
             "INSERT INTO effects (order_id, note) VALUES ($1, 'echo')", event.order_id
         )
+
+    async def observe(events: Sequence[Event], uow: UnitOfWork) -> None:
+        await uow.conn.execute(
+            "INSERT INTO observed SELECT * FROM unnest($1::text[], $2::text[])",
+            [e.TOPIC for e in events],
+            [e.partition_key() for e in events],
+        )
+
+    consumer.observe(observe)
 
     await ensure_topics(
         kafka, [TOPIC, Echoed.TOPIC, dead_letter_topic(TOPIC), dead_letter_topic(Echoed.TOPIC)]
@@ -282,3 +292,35 @@ async def test_a_handler_failing_on_an_armed_key_is_dead_lettered_with_the_fault
     assert dead["error_type"] == "InjectedFault" and dead["attempts"] == 3
     await harness.log.wait(Echoed.TOPIC, order_id="not-armed")
     assert await harness.effects("armed-1") == 0
+
+
+async def test_an_observer_sees_each_handled_event_once_in_its_transaction(
+    harness: Harness,
+) -> None:
+    harness.poison.add("observed-poison")
+    twice = recorded("observed-twice")
+    await harness.send(twice)
+    await harness.send(twice)
+    await harness.send({"event_id": str(uuid4()), "note": "no order id"})
+    await harness.send(recorded("observed-poison"))
+    await harness.send(recorded("observed-last"))
+    await harness.log.wait(Echoed.TOPIC, order_id="observed-last")
+    await wait_for(
+        lambda: harness.pool.fetchval(
+            "SELECT count(*) FROM observed WHERE topic = $1 AND order_id = 'observed-last'",
+            Echoed.TOPIC,
+        ),
+        what="the echo observed",
+    )
+    rows = await harness.pool.fetch("SELECT topic, order_id FROM observed")
+    seen = sorted((r["topic"], r["order_id"]) for r in rows)
+    # handled events once each; not the copy, not the invalid record, not the poison one
+    # (its transaction rolled back with the observer's row in it)
+    assert seen == sorted(
+        [
+            (TOPIC, "observed-twice"),
+            (TOPIC, "observed-last"),
+            (Echoed.TOPIC, "observed-twice"),
+            (Echoed.TOPIC, "observed-last"),
+        ]
+    )
