@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +18,7 @@ from shared.metrics import prometheus_text
 from shared.ops_health import messaging_health, process_health
 from shared.runtime import ServiceRuntime
 from shared.settings import Role
+from shared.tenancy import Principal, looks_like_key, principal_of_key
 
 
 def runtime_of(request: Request) -> ServiceRuntime:
@@ -36,22 +39,74 @@ def role_of_token(tokens: dict[Role, str], presented: str) -> Role | None:
     return None
 
 
-def require_role(*allowed: Role) -> Callable[[Request], Awaitable[Role]]:
-    """A dependency: 401 without a valid token, 403 with another role's token."""
+async def authenticate(request: Request, presented: str) -> Principal | None:
+    """Who ``presented`` is: a role token (every shop, every warehouse), a live shop or staff
+    key (shared/tenancy.py), or nobody."""
+    runtime = runtime_of(request)
+    role = role_of_token(runtime.settings.tokens(), presented)
+    if role is not None:
+        return Principal(role)
+    if looks_like_key(presented):
+        return await principal_of_key(runtime.pool, presented)
+    return None
 
-    async def check(request: Request) -> Role:
+
+def require_role(*allowed: Role) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: 401 without a valid token or key (a revoked key included), 403 with
+    another role's; it answers who the request acts for."""
+
+    async def check(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        if scheme.lower() != "bearer" or not presented.strip():
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        role = role_of_token(runtime_of(request).settings.tokens(), presented.strip())
-        if role is None:
-            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-        if role not in allowed:
+        principal = await authenticate(request, presented.strip())
+        if principal is None:
+            raise HTTPException(401, "invalid token or key", headers={"WWW-Authenticate": "Bearer"})
+        if principal.role not in allowed:
             raise HTTPException(403, f"this needs the role {' or '.join(allowed)}")
-        return role
+        return principal
 
     return check
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests a second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def wait_needed(self, key: str, now: float | None = None) -> float:
+        """0 if a request may go now (and it is counted), else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+async def limit_rate(runtime: ServiceRuntime, principal: Principal) -> None:
+    """429 with ``Retry-After`` when the principal's key is over its rate (role tokens are
+    not limited)."""
+    if principal.key_id is None:
+        return
+    limiter: RateLimiter | None = runtime.extras.get("rate_limiter")
+    if limiter is None:
+        settings = runtime.settings
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        runtime.extras["rate_limiter"] = limiter
+    wait = limiter.wait_needed(principal.key_id)
+    if wait > 0:
+        raise HTTPException(
+            429,
+            f"more than {limiter.rate:g} requests a second with this key: retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
 
 class RefuseNulInUrl:

@@ -93,6 +93,13 @@ class ServiceSettings(BaseSettings):
     supervisor_last_exit: str | None = None
     supervisor_restarted_at: str | None = None
 
+    #: the HTTP intake (POST /orders) takes at most this many requests a second per shop key,
+    #: with bursts up to rate_limit_burst; more: 429 with Retry-After. Per process: with N
+    #: replicas behind a load balancer a key gets up to N times as much. Role tokens are not
+    #: limited (the platform's own integrations).
+    rate_limit_per_second: float = Field(default=20.0, gt=0, le=100_000)
+    rate_limit_burst: int = Field(default=40, ge=1, le=1_000_000)
+
     def tokens(self) -> dict[Role, str]:
         """The configured bearer token of each role (roles without one accept nothing)."""
         configured: dict[Role, SecretStr | None] = {

@@ -29,6 +29,10 @@ REFUNDS_REQUESTED: Final = "refunds.requested"
 RETURNS_EXCHANGE_REQUESTED: Final = "returns.exchange-requested"
 WAREHOUSE_RETURN_SCANNED: Final = "warehouse.return-scanned"
 ORDERS_REDRIVE_REQUESTED: Final = "orders.redrive-requested"
+# who may call the HTTP APIs: shop keys (orders owns them) and staff keys (inventory owns
+# them), learnt by every service that accepts them (docs/tenancy.md)
+SHOPS_KEY_CHANGED: Final = "shops.key-changed"
+STAFF_KEY_CHANGED: Final = "staff.key-changed"
 
 DLQ_SUFFIX: Final = ".dlq"
 

@@ -93,6 +93,48 @@ def cmd_sla(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kafka_acls(args: argparse.Namespace) -> int:
+    from waybill.kafka_acls import render
+
+    script = render()
+    if args.output == "-":
+        print(script, end="")
+        return 0
+    path = Path(args.output)
+    if args.check:
+        if not path.exists() or path.read_text() != script:
+            print(f"{path} is stale: run `waybill kafka-acls --output {path}`", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(script)
+    path.chmod(0o755)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from waybill import keys
+    from waybill.sla_report import default_orders_url
+
+    url = args.url or default_orders_url()
+    token = args.token or os.environ.get("WAYBILL_TOKEN_ADMIN", "")
+    if not token:
+        print("waybill keys: set WAYBILL_TOKEN_ADMIN (printed by `waybill up`) or pass --token")
+        return 2
+    try:
+        if args.keys_command == "create":
+            answer = keys.create(url, token, args.shop_id)
+        elif args.keys_command == "revoke":
+            answer = keys.revoke(url, token, args.shop_id, args.key_id)
+        else:
+            answer = keys.list_keys(url, token, args.shop_id)
+    except keys.KeysError as exc:
+        print(f"waybill keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 1
+    print(keys.render(args.keys_command, answer, as_json=args.json))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from waybill.up import UpOptions, run_up
 
@@ -296,6 +338,31 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--data-dir", help="embedded data and logs (default: a temporary one)")
     chaos.add_argument("--json", action="store_true", help="the verdicts as JSON")
     chaos.set_defaults(handler=cmd_chaos)
+
+    keys = commands.add_parser("keys", help="issue, list and revoke a shop's API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    for name, what in (
+        ("create", "a new key for the shop (shown once)"),
+        ("list", "the shop's keys, never the keys themselves"),
+        ("revoke", "revoke one of the shop's keys, everywhere"),
+    ):
+        sub = keys_commands.add_parser(name, help=what)
+        sub.add_argument("shop_id")
+        if name == "revoke":
+            sub.add_argument("key_id")
+        sub.add_argument("--url", default=None, help="the orders service (WAYBILL_ORDERS_URL)")
+        sub.add_argument(
+            "--token", help="the admin token (default WAYBILL_TOKEN_ADMIN; --token=T if it is -T)"
+        )
+        sub.add_argument("--json", action="store_true")
+    keys.set_defaults(handler=cmd_keys)
+
+    acls = commands.add_parser(
+        "kafka-acls", help="the Kafka ACL commands for a real cluster (deploy/kafka/acls.sh)"
+    )
+    acls.add_argument("--output", default="-", help="a file, or - for standard output")
+    acls.add_argument("--check", action="store_true", help="fail if the file is stale")
+    acls.set_defaults(handler=cmd_kafka_acls)
 
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the code")
     asyncapi.add_argument("--output", default="docs/asyncapi.yaml")

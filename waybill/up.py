@@ -181,6 +181,10 @@ def _print_banner(
     )
     for role, token in tokens.items():
         print(f"  token {role:10} {token}")
+    print(
+        "\n  a shop's own key:    WAYBILL_TOKEN_ADMIN=<admin token> waybill keys create SHOP_ID"
+        "\n  a staff member's:    POST /warehouses/<warehouse_id>/staff (docs/tenancy.md)"
+    )
     print(f"\n  logs: {logs}\n  Ctrl-C stops everything.\n", flush=True)
 
 

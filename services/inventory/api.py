@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -16,6 +16,7 @@ from shared.events.base import CountryCode, Identifier, PostalCode, ShortText, S
 from shared.events.inventory import BinLabel
 from shared.http import require_role, runtime_of
 from shared.messaging import PermanentFailure
+from shared.tenancy import Principal
 
 router = APIRouter(tags=["inventory"])
 
@@ -48,11 +49,16 @@ async def put_warehouse(warehouse_id: str, body: WarehouseBody, request: Request
     return {"warehouse_id": warehouse_id, **body.model_dump()}
 
 
-@router.post(
-    "/stock/receipts", status_code=202, dependencies=[Depends(require_role("admin", "warehouse"))]
-)
-async def post_stock_receipt(body: StockReceiptBody, request: Request) -> dict[str, Any]:
-    """The same handler as ``inventory.stock-received``; one event_id counts once."""
+@router.post("/stock/receipts", status_code=202)
+async def post_stock_receipt(
+    body: StockReceiptBody,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_role("admin", "warehouse"))],
+) -> dict[str, Any]:
+    """The same handler as ``inventory.stock-received``; one event_id counts once. A staff
+    member's key: into their warehouses only (403)."""
+    if not principal.works_in(body.warehouse_id):
+        raise HTTPException(403, f"your key is not for warehouse {body.warehouse_id}")
     runtime = runtime_of(request)
     event = StockReceived(**body.model_dump())
     try:
@@ -67,8 +73,13 @@ async def post_stock_receipt(body: StockReceiptBody, request: Request) -> dict[s
     return {"event_id": str(event.event_id), "status": "received"}
 
 
-@router.get("/stock/{sku}", dependencies=[Depends(require_role("ops", "warehouse"))])
-async def get_stock(sku: str, request: Request) -> dict[str, Any]:
+@router.get("/stock/{sku}")
+async def get_stock(
+    sku: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_role("ops", "warehouse"))],
+) -> dict[str, Any]:
+    """On hand, reserved and available per warehouse (a staff member's key: theirs)."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         bins = await repo.stock_of_sku(conn, sku)
@@ -91,4 +102,5 @@ async def get_stock(sku: str, request: Request) -> dict[str, Any]:
         for k in ("on_hand", "reserved", "available"):
             w[k] += b[k]
         w["bins"].append({k: b[k] for k in ("bin", "on_hand", "reserved", "available")})
-    return {"sku": sku, "warehouses": list(warehouses.values())}
+    shown = [w for w in warehouses.values() if principal.works_in(w["warehouse_id"])]
+    return {"sku": sku, "warehouses": shown}

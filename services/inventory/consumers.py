@@ -17,6 +17,7 @@ from shared.events import (
 )
 from shared.messaging import EventConsumer
 from shared.messaging.redrive import answer_redrives
+from shared.tenancy import follow_access_keys
 
 
 def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any) -> EventConsumer:
@@ -43,4 +44,5 @@ def build_consumer(*, schema: str, autopick: bool, clock: Clock, **options: Any)
         await returns.restock_return(event, uow, autopick=autopick, now=clock.now())
 
     answer_redrives(consumer, service="inventory")
+    follow_access_keys(consumer)
     return consumer

@@ -10,6 +10,7 @@ from services.inventory.api import router
 from services.inventory.config import InventorySettings
 from services.inventory.consumers import build_consumer
 from services.inventory.picking import WaveBuilderStats, build_waves
+from services.inventory.staff_api import router as staff_router
 from services.inventory.warehouse_api import router as warehouse_router
 from shared import topics
 from shared.clock import Clock, SystemClock
@@ -51,6 +52,7 @@ def build_runtime(
             topics.PICKLISTS_CREATED,
             topics.ORDERS_PACKED,
             topics.WAREHOUSE_RETURN_SCANNED,
+            topics.STAFF_KEY_CHANGED,
         ],
         workers=[build_waves],
     )
@@ -63,4 +65,5 @@ def build_runtime(
 
 
 def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
-    return create_service_app(runtime or build_runtime(), routers=[router, warehouse_router])
+    routers = [router, warehouse_router, staff_router]
+    return create_service_app(runtime or build_runtime(), routers=routers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from shared.events import (
     PicklistLine,
     ShipmentLine,
 )
+from shared.events.base import StaffRef
 from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("waybill.inventory.picking")
@@ -62,6 +63,10 @@ class PickingRefused(Exception):
 
 class NotFound(PickingRefused):
     """No such pick-list line or order (HTTP 404)."""
+
+
+class NotYours(PickingRefused):
+    """A staff member's key does not reach the warehouse this happens in (HTTP 403)."""
 
 
 class Conflict(PickingRefused):
@@ -333,17 +338,22 @@ async def confirm_pick(
     quantity: int,
     now: datetime,
     warehouse_id: str | None = None,
+    warehouses: frozenset[str] | None = None,
+    by: StaffRef | None = None,
 ) -> PickResult:
     """The picker took ``quantity`` of the scanned SKU for this line.
 
     A SKU other than the line's is refused, and so is more than the line still needs;
-    the same full-quantity scan of a line already picked changes nothing.
+    the same full-quantity scan of a line already picked changes nothing. ``warehouses``:
+    the ones the picker may work in (None: all); ``by``: who picked, recorded on the line.
     """
     if not 1 <= line_no <= MAX_LINE_NO:  # beyond the column's range: no such line either
         raise NotFound(f"pick list {picklist_id} has no line {line_no}")
     line = await store.lock_line(uow.conn, picklist_id, line_no)
     if line is None or (warehouse_id is not None and line["warehouse_id"] != warehouse_id):
         raise NotFound(f"pick list {picklist_id} has no line {line_no}")
+    if warehouses is not None and line["warehouse_id"] not in warehouses:
+        raise NotYours(f"pick list {picklist_id} is in {line['warehouse_id']}, not yours")
     where = f"line {line_no} ({line['quantity']} x {line['sku']} from bin {line['bin']})"
     if line["status"] == "cancelled" or line["order_status"] == "cancelled":
         raise Conflict(
@@ -370,7 +380,14 @@ async def confirm_pick(
         raise OverPick(
             f"too many: {where} needs only {remaining} more ({already}); nothing was counted"
         )
-    picked = await store.add_picked(uow.conn, picklist_id, line_no, quantity=quantity, now=now)
+    picked = await store.add_picked(
+        uow.conn,
+        picklist_id,
+        line_no,
+        quantity=quantity,
+        now=now,
+        by=by.model_dump() if by is not None else None,
+    )
     return await _pick_result(uow, line, picked=picked, repeated=False)
 
 
@@ -433,11 +450,14 @@ async def pack_order(
     parcels: Sequence[Parcel],
     now: datetime,
     warehouse_id: str | None = None,
+    warehouses: frozenset[str] | None = None,
+    by: StaffRef | None = None,
 ) -> PackResult:
     """The order's picked goods in one warehouse are packed into ``parcels``.
 
     Only when every line of the order in that warehouse is picked; once per order and
-    warehouse. Emits ``orders.packed`` and takes the goods out of stock.
+    warehouse. Emits ``orders.packed`` (with who packed and who picked) and takes the goods
+    out of stock. ``warehouses``: the ones the packer may work in (None: all).
     """
     if not parcels:
         raise Invalid("a packing needs at least one parcel")
@@ -464,6 +484,8 @@ async def pack_order(
                 raise AlreadyPacked(f"order {order_id} is packed already")
             raise Conflict(f"order {order_id} has nothing to pack (status {status})")
         warehouse_id = unpacked[0]
+    if warehouses is not None and warehouse_id not in warehouses:
+        raise NotYours(f"order {order_id} is packed in {warehouse_id}, not in yours")
     if warehouse_id in packed:
         raise AlreadyPacked(f"order {order_id} is packed already in {warehouse_id}")
     if warehouse_id not in unpacked:
@@ -491,11 +513,25 @@ async def pack_order(
         packed_at=now,
     ):
         raise AlreadyPacked(f"order {order_id} is packed already in {warehouse_id}")
+    if by is not None:
+        await store.record_packer(
+            uow.conn, order_id=order_id, warehouse_id=warehouse_id, by=by.model_dump()
+        )
+    pickers = _pickers(line for line in lines if line["warehouse_id"] == warehouse_id)
     touched = await store.mark_packed(
         uow.conn, order_id=order_id, warehouse_id=warehouse_id, now=now
     )
     await store.close_finished_picklists(uow.conn, touched, now=now)
-    shipment_lines = await _ship(uow, order_id, warehouse_id, picked, list(parcels), now=now)
+    shipment_lines = await _ship(
+        uow,
+        order_id,
+        warehouse_id,
+        picked,
+        list(parcels),
+        now=now,
+        packed_by=by,
+        picked_by=pickers,
+    )
     order_packed = not await store.still_reserved(uow.conn, order_id)
     if order_packed:
         await repo.set_order_status(uow.conn, order_id, "packed")
@@ -510,6 +546,8 @@ async def _ship(
     parcels: list[Parcel],
     *,
     now: datetime,
+    packed_by: StaffRef | None = None,
+    picked_by: Sequence[StaffRef] = (),
 ) -> list[ShipmentLine]:
     """Packed goods leave the shelves, and ``orders.packed`` says what and from where."""
     await repo.ship_out(uow.conn, order_id, warehouse_id)
@@ -530,9 +568,20 @@ async def _ship(
                 parcels=parcels,
                 lines=shipment_lines,
                 ship_from=Origin(country=country, postal_code=postal_code),
+                packed_by=packed_by,
+                picked_by=list(picked_by),
             )
         )
     return shipment_lines
+
+
+def _pickers(lines: Iterable[dict[str, Any]]) -> list[StaffRef]:
+    """Who picked these lines, each once, in the order they first appear."""
+    seen: dict[str, StaffRef] = {}
+    for line in lines:
+        for who in line.get("picked_by") or []:
+            seen.setdefault(who["staff_id"], StaffRef.model_validate(who))
+    return list(seen.values())
 
 
 # -- what the floor sees ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from shared.events import (
     ReturnScanned,
     StockRestocked,
 )
+from shared.events.base import StaffRef
 from shared.messaging import PermanentFailure
 
 
@@ -80,9 +81,15 @@ def check_receipt(expected: dict[str, Any], lines: list[ReceivedLine]) -> None:
 
 
 async def scan_return(
-    uow: UnitOfWork, *, warehouse_id: str, return_id: str, lines: list[ReceivedLine], now: datetime
+    uow: UnitOfWork,
+    *,
+    warehouse_id: str,
+    return_id: str,
+    lines: list[ReceivedLine],
+    now: datetime,
+    by: StaffRef | None = None,
 ) -> dict[str, Any]:
-    """Staff received a return parcel: check it, then tell returns (once)."""
+    """Staff received a return parcel: check it, then tell returns (once), with who."""
     expected = await repo.lock_expected_return(uow.conn, return_id)
     if expected is None or expected["warehouse_id"] != warehouse_id:
         raise ReceiptRefused(f"no return {return_id} expected in {warehouse_id}", status=404)
@@ -90,7 +97,9 @@ async def scan_return(
         raise ReceiptRefused(f"{expected['rma']} was received already", status=409)
     check_receipt(expected, lines)
     await repo.mark_return(uow.conn, return_id, status="scanned", at=now)
-    uow.emit(ReturnScanned(return_id=return_id, warehouse_id=warehouse_id, lines=lines))
+    uow.emit(
+        ReturnScanned(return_id=return_id, warehouse_id=warehouse_id, lines=lines, received_by=by)
+    )
     return expected
 
 

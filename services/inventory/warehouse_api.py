@@ -15,9 +15,10 @@ import binascii
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 from uuid import UUID
 
@@ -33,7 +34,8 @@ from services.inventory.storage import repository as inventory_repo
 from shared.db import UnitOfWork, unit_of_work
 from shared.events import Parcel, ReceivedLine
 from shared.events.base import ORDER_ID_PATTERN, Identifier, Sku
-from shared.http import require_role, role_of_token, runtime_of
+from shared.http import authenticate, require_role, runtime_of
+from shared.tenancy import Principal
 
 router = APIRouter(tags=["picking"])
 
@@ -63,6 +65,7 @@ _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
 
 _STATUS_OF: list[tuple[type[picking.PickingRefused], int]] = [
     (picking.NotFound, 404),
+    (picking.NotYours, 403),
     (picking.Conflict, 409),
     (picking.Invalid, 422),
 ]
@@ -106,32 +109,49 @@ def _refusal(exc: picking.PickingRefused, *, field: str | None = None) -> HTTPEx
     return HTTPException(status, detail)
 
 
-@router.get("/picklists", dependencies=[Depends(require_role("warehouse"))])
+Staff = Annotated[Principal, Depends(require_role("warehouse"))]
+
+
+def _own_warehouse(principal: Principal, warehouse_id: str | None) -> None:
+    if warehouse_id and not principal.works_in(warehouse_id):
+        raise HTTPException(403, f"your key is not for warehouse {warehouse_id}")
+
+
+@router.get("/picklists")
 async def get_picklists(
     request: Request,
+    principal: Staff,
     warehouse_id: str | None = None,
     status: Literal["open", "done", "all"] = "open",
     limit: int = Query(default=100, ge=1, le=500),
 ) -> dict[str, Any]:
-    """Pick lists (open ones oldest first) with lines in walking order."""
+    """Pick lists (open ones oldest first) with lines in walking order. A staff member's key:
+    their warehouses' only (another one asked for: 403)."""
+    _own_warehouse(principal, warehouse_id)
     runtime = runtime_of(request)
+    wanted: list[str | None] = [warehouse_id or None]
+    if not warehouse_id and principal.warehouse_ids is not None:
+        wanted = list(sorted(principal.warehouse_ids))
+    found: list[dict[str, Any]] = []
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
-        found = await picking.list_picklists(
-            uow,
-            warehouse_id=warehouse_id or None,
-            status=None if status == "all" else status,
-            limit=limit,
-        )
+        for wanted_id in wanted:
+            found += await picking.list_picklists(
+                uow,
+                warehouse_id=wanted_id,
+                status=None if status == "all" else status,
+                limit=limit - len(found),
+            )
+            if len(found) >= limit:
+                break
     return {"picklists": [picking.picklist_json(p) for p in found]}
 
 
-@router.post(
-    "/picklists/{picklist_id}/lines/{line_no}/picked",
-    dependencies=[Depends(require_role("warehouse"))],
-)
+@router.post("/picklists/{picklist_id}/lines/{line_no}/picked")
 async def post_picked(
-    picklist_id: UUID, line_no: int, body: PickedBody, request: Request
+    picklist_id: UUID, line_no: int, body: PickedBody, request: Request, principal: Staff
 ) -> dict[str, Any]:
+    """A line picked: a wrong SKU or too many are refused (422). A staff member's key: in
+    their warehouses only (403), and they are recorded as the picker."""
     now = runtime_of(request).clock.now()
     try:
         result = await _in_transaction(
@@ -143,6 +163,8 @@ async def post_picked(
                 scanned_sku=body.scanned_sku,
                 quantity=body.quantity,
                 now=now,
+                warehouses=principal.warehouse_ids,
+                by=principal.who(),
             ),
         )
     except picking.PickingRefused as exc:
@@ -151,8 +173,13 @@ async def post_picked(
     return result.as_json()
 
 
-@router.post("/orders/{order_id}/packed", dependencies=[Depends(require_role("warehouse"))])
-async def post_packed(order_id: str, body: PackBody, request: Request) -> dict[str, Any]:
+@router.post("/orders/{order_id}/packed")
+async def post_packed(
+    order_id: str, body: PackBody, request: Request, principal: Staff
+) -> dict[str, Any]:
+    """The order packed, once every line of it is picked. A staff member's key: in their
+    warehouses only (403), and they are recorded as the packer."""
+    _own_warehouse(principal, body.warehouse_id)
     now = runtime_of(request).clock.now()
     try:
         result = await _in_transaction(
@@ -163,6 +190,8 @@ async def post_packed(order_id: str, body: PackBody, request: Request) -> dict[s
                 parcels=body.parcels,
                 warehouse_id=body.warehouse_id,
                 now=now,
+                warehouses=principal.warehouse_ids,
+                by=principal.who(),
             ),
         )
     except picking.PickingRefused as exc:
@@ -204,20 +233,33 @@ def _render(
 
 
 def _sign_in_page(
-    request: Request, warehouse_id: str, *, status_code: int, message: str | None
+    request: Request,
+    warehouse_id: str,
+    *,
+    status_code: int,
+    message: str | None,
+    principal: Principal | None = None,
 ) -> HTMLResponse:
     refused = status_code == 403
+    if refused and principal is not None and principal.warehouse_ids is not None:
+        yours = ", ".join(sorted(principal.warehouse_ids))
+        explanation = (
+            f"Your key ({principal.staff_name}) is for {yours}, not for {warehouse_id}. "
+            "Ask an admin to add you to this warehouse, or sign in with another key."
+        )
+    elif refused:
+        explanation = "This token belongs to another role. The pick lists need a warehouse key."
+    else:
+        explanation = (
+            "Sign in with your staff key, or the warehouse token (printed by `waybill up`)."
+        )
     response = _render(
         request,
         "login.html",
         status_code=status_code,
         heading="Not allowed" if refused else "Sign in",
         message=message,
-        explanation=(
-            "This token belongs to another role. The pick lists need the warehouse token."
-            if refused
-            else "The pick lists need the warehouse token (printed by `waybill up`)."
-        ),
+        explanation=explanation,
         login_action=f"{_page_url(request, warehouse_id)}/login",
     )
     if status_code == 401:
@@ -244,19 +286,35 @@ def _presented_token(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE) or None
 
 
-def _check(request: Request, token: str | None) -> int:
-    """200 for the warehouse role, 401 for no or an unknown token, 403 for another role."""
+@dataclass(frozen=True)
+class _Access:
+    """Whether a token or key opens a warehouse's page: 200, 401 (none, unknown, revoked) or
+    403 (another role, or a staff member's key for other warehouses)."""
+
+    status: int
+    principal: Principal | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+async def _check(request: Request, token: str | None, warehouse_id: str) -> _Access:
     if not token:
-        return 401
-    role = role_of_token(runtime_of(request).settings.tokens(), token)
-    if role is None:
-        return 401
-    return 200 if role == "warehouse" else 403
+        return _Access(401)
+    principal = await authenticate(request, token)
+    if principal is None:
+        return _Access(401)
+    if principal.role != "warehouse" or not principal.works_in(warehouse_id):
+        return _Access(403, principal)
+    return _Access(200, principal)
 
 
-def _refuse(request: Request, warehouse_id: str, status: int) -> HTMLResponse:
-    if status == 403:
-        return _sign_in_page(request, warehouse_id, status_code=403, message=None)
+def _refuse(request: Request, warehouse_id: str, access: _Access) -> HTMLResponse:
+    if access.status == 403:
+        return _sign_in_page(
+            request, warehouse_id, status_code=403, message=None, principal=access.principal
+        )
     presented = _presented_token(request)
     response = _sign_in_page(
         request,
@@ -353,17 +411,17 @@ async def stylesheet() -> Response:
 async def warehouse_page(warehouse_id: str, request: Request, token: str | None = None) -> Response:
     """The pick-list page; ``?token=`` signs in (cookie) and redirects to the clean URL."""
     if token is not None:
-        status = _check(request, token)
-        if status == 200:
+        access = await _check(request, token, warehouse_id)
+        if access.allowed:
             return _signed_in(request, warehouse_id, token)
-        if status == 403:
-            return _refuse(request, warehouse_id, 403)
+        if access.status == 403:
+            return _refuse(request, warehouse_id, access)
         return _sign_in_page(
             request, warehouse_id, status_code=401, message="That token is not valid."
         )
-    status = _check(request, _presented_token(request))
-    if status != 200:
-        return _refuse(request, warehouse_id, status)
+    access = await _check(request, _presented_token(request), warehouse_id)
+    if not access.allowed:
+        return _refuse(request, warehouse_id, access)
     runtime = runtime_of(request)
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
         name = await store.warehouse_name(uow.conn, warehouse_id)
@@ -382,6 +440,7 @@ async def warehouse_page(warehouse_id: str, request: Request, token: str | None 
         picklists=_page_picklists(found, request, focus=(flash or {}).get("focus")),
         max_parcels=MAX_PARCELS,
         returns=expected,
+        signed_in_as=_signed_in_as(access.principal),
     )
     if flash is not None:
         response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
@@ -465,11 +524,18 @@ def _prefilled_parcels(values: Any) -> list[dict[str, str]]:
 # -- the page: its forms ----------------------------------------------------------------------
 
 
-async def _form_guard(request: Request, warehouse_id: str) -> Response | None:
+def _signed_in_as(principal: Principal | None) -> str:
+    if principal is None or principal.staff_id is None:
+        return "the warehouse token"
+    return f"{principal.staff_name} ({principal.staff_id})"
+
+
+async def _form_guard(request: Request, warehouse_id: str) -> _Access | Response:
+    """Who posts the form, or the answer that refuses it."""
     if not _same_origin(request):
         return HTMLResponse("Cross-site form posts are refused.", status_code=403)
-    status = _check(request, _presented_token(request))
-    return None if status == 200 else _refuse(request, warehouse_id, status)
+    access = await _check(request, _presented_token(request), warehouse_id)
+    return access if access.allowed else _refuse(request, warehouse_id, access)
 
 
 @router.post("/warehouse/{warehouse_id}/login", include_in_schema=False)
@@ -478,11 +544,11 @@ async def sign_in(warehouse_id: str, request: Request) -> Response:
         return HTMLResponse("Cross-site form posts are refused.", status_code=403)
     form = await request.form()
     token = str(form.get("token") or "").strip()
-    status = _check(request, token)
-    if status == 200:
+    access = await _check(request, token, warehouse_id)
+    if access.allowed:
         return _signed_in(request, warehouse_id, token)
-    if status == 403:
-        return _refuse(request, warehouse_id, 403)
+    if access.status == 403:
+        return _refuse(request, warehouse_id, access)
     return _sign_in_page(
         request,
         warehouse_id,
@@ -502,9 +568,10 @@ async def sign_out(warehouse_id: str, request: Request) -> Response:
 
 @router.post("/warehouse/{warehouse_id}/scan", include_in_schema=False)
 async def scan(warehouse_id: str, request: Request) -> Response:
-    refused = await _form_guard(request, warehouse_id)
-    if refused is not None:
-        return refused
+    access = await _form_guard(request, warehouse_id)
+    if not isinstance(access, _Access):
+        return access
+    who = access.principal.who() if access.principal is not None else None
     form = await request.form()
     raw_picklist, raw_line = str(form.get("picklist_id", "")), str(form.get("line_no", ""))
     focus = f"{raw_picklist}:{raw_line}"
@@ -534,6 +601,7 @@ async def scan(warehouse_id: str, request: Request) -> Response:
                 quantity=quantity,
                 now=now,
                 warehouse_id=warehouse_id,
+                by=who,
             ),
         )
     except picking.PickingRefused as exc:
@@ -551,9 +619,10 @@ async def scan(warehouse_id: str, request: Request) -> Response:
 
 @router.post("/warehouse/{warehouse_id}/pack", include_in_schema=False)
 async def pack(warehouse_id: str, request: Request) -> Response:
-    refused = await _form_guard(request, warehouse_id)
-    if refused is not None:
-        return refused
+    access = await _form_guard(request, warehouse_id)
+    if not isinstance(access, _Access):
+        return access
+    who = access.principal.who() if access.principal is not None else None
     form = await request.form()
     order_id = str(form.get("order_id", ""))
     if not _ORDER_ID.fullmatch(order_id):  # no order has it (and NUL cannot be looked up)
@@ -591,7 +660,12 @@ async def pack(warehouse_id: str, request: Request) -> Response:
         result = await _in_transaction(
             request,
             lambda uow: picking.pack_order(
-                uow, order_id=order_id, parcels=parcels, warehouse_id=warehouse_id, now=now
+                uow,
+                order_id=order_id,
+                parcels=parcels,
+                warehouse_id=warehouse_id,
+                now=now,
+                by=who,
             ),
         )
     except picking.PickingRefused as exc:
@@ -615,9 +689,10 @@ async def pack(warehouse_id: str, request: Request) -> Response:
 @router.post("/warehouse/{warehouse_id}/returns/{return_id}/receive", include_in_schema=False)
 async def receive_return(warehouse_id: str, return_id: str, request: Request) -> Response:
     """A return parcel received: sellable and damaged quantities per line."""
-    refused = await _form_guard(request, warehouse_id)
-    if refused is not None:
-        return refused
+    access = await _form_guard(request, warehouse_id)
+    if not isinstance(access, _Access):
+        return access
+    who = access.principal.who() if access.principal is not None else None
     form = await request.form()
     lines: list[ReceivedLine] = []
     problems: list[str] = []
@@ -649,7 +724,7 @@ async def receive_return(warehouse_id: str, return_id: str, request: Request) ->
         expected = await _in_transaction(
             request,
             lambda uow: returns.scan_return(
-                uow, warehouse_id=warehouse_id, return_id=return_id, lines=lines, now=now
+                uow, warehouse_id=warehouse_id, return_id=return_id, lines=lines, now=now, by=who
             ),
         )
     except returns.ReceiptRefused as exc:
@@ -666,20 +741,26 @@ async def receive_return(warehouse_id: str, return_id: str, request: Request) ->
     )
 
 
-@router.get("/returns/expected", dependencies=[Depends(require_role("warehouse", "ops"))])
-async def get_expected_returns(request: Request, warehouse_id: str | None = None) -> dict[str, Any]:
-    """Returns on their way back (approved, not yet received), oldest first."""
+@router.get("/returns/expected")
+async def get_expected_returns(
+    request: Request,
+    principal: Annotated[Principal, Depends(require_role("warehouse", "ops"))],
+    warehouse_id: str | None = None,
+) -> dict[str, Any]:
+    """Returns on their way back (approved, not yet received), oldest first. A staff
+    member's key: to their warehouses only."""
+    _own_warehouse(principal, warehouse_id)
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         found = await inventory_repo.expected_returns(conn, warehouse_id=warehouse_id)
-    return {"returns": found}
+    return {"returns": [r for r in found if principal.works_in(r["warehouse_id"])]}
 
 
 @router.get("/warehouse/{warehouse_id}/picklists/{picklist_id}/print", include_in_schema=False)
 async def print_picklist(warehouse_id: str, picklist_id: UUID, request: Request) -> Response:
-    status = _check(request, _presented_token(request))
-    if status != 200:
-        return _refuse(request, warehouse_id, status)
+    access = await _check(request, _presented_token(request), warehouse_id)
+    if not access.allowed:
+        return _refuse(request, warehouse_id, access)
     runtime = runtime_of(request)
     async with unit_of_work(runtime.pool, schema=runtime.schema) as uow:
         name = await store.warehouse_name(uow.conn, warehouse_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, time
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,8 +23,9 @@ from services.orders.storage import repository as repo
 from shared import telemetry
 from shared.db import unit_of_work
 from shared.events import OrderPlaced
-from shared.http import require_role, runtime_of
+from shared.http import limit_rate, require_role, runtime_of
 from shared.messaging import InvalidEvent, field_errors_of
+from shared.tenancy import Principal
 
 router = APIRouter(tags=["orders"])
 
@@ -32,7 +33,6 @@ router = APIRouter(tags=["orders"])
 @router.post(
     "/orders",
     status_code=202,
-    dependencies=[Depends(require_role("shop"))],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -40,11 +40,15 @@ router = APIRouter(tags=["orders"])
         }
     },
 )
-async def submit_order(request: Request) -> JSONResponse:
+async def submit_order(
+    request: Request, principal: Annotated[Principal, Depends(require_role("shop"))]
+) -> JSONResponse:
     """HTTP intake: the same body, handler and outcome as ``orders.placed``.
 
     A valid order: 202 and ``orders.accepted`` (or ``orders.rejected``, conflict). An
     invalid one: 422 with every field error, and ``orders.rejected`` when it names an order.
+    A shop's key places orders of its own shop only: another ``shop_id`` is 403, and nothing
+    is stored or emitted.
     """
     runtime = runtime_of(request)
     body = await request.body()
@@ -59,6 +63,9 @@ async def submit_order(request: Request) -> JSONResponse:
         return _unprocessable([("(body)", f"not JSON: {exc}")])
     if not isinstance(payload, dict):
         return _unprocessable([("(body)", "must be a JSON object")])
+    if not principal.acts_for_shop(payload.get("shop_id")):
+        raise HTTPException(403, f"this key places orders of shop {principal.shop_id} only")
+    await limit_rate(runtime, principal)
     promises: ShopPromises = runtime.extras["shop_promises"]
     inbox = runtime.consumer.inbox_name(OrderPlaced.TOPIC)
     try:
@@ -89,6 +96,22 @@ async def submit_order(request: Request) -> JSONResponse:
     )
 
 
+#: who in the warehouse picked, packed and received: for ops, not for shops
+_STAFF_DETAILS = ("packed_by", "picked_by", "received_by")
+
+
+def _timeline_for(principal: Principal, timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if principal.role != "shop":
+        return timeline
+    shown = []
+    for step in timeline:
+        detail = step.get("detail")
+        if isinstance(detail, dict) and any(k in detail for k in _STAFF_DETAILS):
+            step = {**step, "detail": {k: v for k, v in detail.items() if k not in _STAFF_DETAILS}}
+        shown.append(step)
+    return shown
+
+
 def _at_risk_now(stage: dict[str, Any], now: datetime) -> datetime | None:
     """The at-risk moment when it has passed and the watcher has not marked it yet."""
     if stage["met_at"] is not None or stage["closed"]:
@@ -114,8 +137,14 @@ def _uuid_or_none(value: Any) -> UUID | None:
         return None
 
 
-@router.get("/orders/{order_id}", dependencies=[Depends(require_role("shop", "ops"))])
-async def get_order(order_id: str, request: Request) -> dict[str, Any]:
+@router.get("/orders/{order_id}")
+async def get_order(
+    order_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_role("shop", "ops"))],
+) -> dict[str, Any]:
+    """An order's status, lines, timeline, promises and SLA stages. A shop's key sees its
+    own shop's orders only: another shop's is 404, as if there were none."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         order = await repo.fetch_order(conn, order_id)
@@ -124,6 +153,10 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         stages = await repo.slas_of(conn, order_id)
         redrives = await repo.redrives_of(conn, order_id)
     now = runtime.clock.now()
+    if principal.shop_id is not None:
+        if order is not None and order["shop_id"] != principal.shop_id:
+            order, rejections = None, []
+        rejections = [r for r in rejections if r["shop_id"] == principal.shop_id]
     if order is None:
         if not rejections:
             raise HTTPException(404, f"no order {order_id}")
@@ -142,7 +175,7 @@ async def get_order(order_id: str, request: Request) -> dict[str, Any]:
         "placed_at": order["placed_at"],
         "lines": order["lines"],
         "promised": {"dispatch_by": order["dispatch_by"], "deliver_by": order["deliver_by"]},
-        "timeline": order["timeline"],
+        "timeline": _timeline_for(principal, order["timeline"]),
         "rejections": rejections,
         "replaces_order_id": order["replaces_order_id"],
         # each stage's window and how it stands now: met, pending, at_risk, breached

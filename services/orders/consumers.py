@@ -38,6 +38,7 @@ from shared.events import (
     StockRestocked,
 )
 from shared.messaging import EventConsumer, InvalidEvent
+from shared.tenancy import follow_access_keys
 
 E = TypeVar("E", bound=Event)
 
@@ -171,7 +172,15 @@ def build_consumer(
         detail=lambda e: {"missing": [m.model_dump() for m in e.missing]},
     )
     timeline.follow(StockReleased, "stock_released")
-    timeline.follow(OrderPacked, "packed", detail=lambda e: {"warehouse_id": e.warehouse_id})
+    timeline.follow(
+        OrderPacked,
+        "packed",
+        detail=lambda e: {
+            "warehouse_id": e.warehouse_id,
+            **({"packed_by": e.packed_by.model_dump()} if e.packed_by else {}),
+            **({"picked_by": [p.model_dump() for p in e.picked_by]} if e.picked_by else {}),
+        },
+    )
     timeline.follow(
         ShipmentLabelCreated,
         "label_created",
@@ -250,11 +259,19 @@ def build_consumer(
     async def on_exchange_requested(event: ExchangeRequested, uow: UnitOfWork) -> None:
         await handlers.exchange(event, uow, promises=promises, now=clock.now())
 
-    timeline.follow(ReturnReceived, "returned", detail=lambda e: {"return_id": e.return_id})
+    timeline.follow(
+        ReturnReceived,
+        "returned",
+        detail=lambda e: {
+            "return_id": e.return_id,
+            **({"received_by": e.received_by.model_dump()} if e.received_by else {}),
+        },
+    )
     timeline.follow(
         RefundRequested,
         "refund_requested",
         detail=lambda e: {"amount": str(e.amount), "currency": e.currency},
     )
     timeline.follow(StockRestocked, "restocked", detail=lambda e: {"sku": e.sku})
+    follow_access_keys(consumer)
     return consumer

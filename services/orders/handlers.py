@@ -156,6 +156,7 @@ async def _place_round(
             {
                 "event_id": o.event_id,
                 "order_id": o.order_id,
+                "shop_id": o.shop_id,
                 "reason": "conflict",
                 "reasons": [r.model_dump() for r in reasons],
             }
@@ -339,9 +340,10 @@ async def reject_invalid_order(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
         return False
     reasons = [FieldReason(field=f, message=m) for f, m in invalid.field_errors()]
     shop_id = invalid.payload.get("shop_id")
+    usable_shop = isinstance(shop_id, str) and 0 < len(shop_id) <= 64 and "\x00" not in shop_id
     rejected = OrderRejected(
         order_id=order_id,
-        shop_id=shop_id if isinstance(shop_id, str) else None,
+        shop_id=shop_id if usable_shop else None,
         reason="invalid",
         reasons=reasons,
     )
@@ -349,6 +351,7 @@ async def reject_invalid_order(invalid: InvalidEvent, uow: UnitOfWork) -> bool:
         uow.conn,
         event_id=rejected.event_id,
         order_id=order_id,
+        shop_id=rejected.shop_id,
         reason="invalid",
         reasons=[r.model_dump() for r in reasons],
     )

@@ -13,6 +13,13 @@ from services.orders.consumers import build_consumer
 from services.orders.domain.promises import PromisePolicy
 from services.orders.ops_page import router as ops_router
 from services.orders.shop_promises import ShopPromises
+from services.orders.shops_api import router as shops_router
+from services.orders.webhooks import (
+    Subscriptions,
+    WebhookSettings,
+    deliver_webhooks,
+    observer,
+)
 from services.orders.workers import watch_slas
 from shared import topics
 from shared.clock import Clock, SystemClock
@@ -54,9 +61,12 @@ def build_runtime(
             topics.ORDERS_CANCELLATION_REJECTED,
             topics.SLA_BREACHED,
             topics.ORDERS_REDRIVE_REQUESTED,
+            topics.SHOPS_KEY_CHANGED,
         ],
-        workers=[watch_slas],
+        workers=[watch_slas, deliver_webhooks],
     )
+    subscriptions = Subscriptions()
+    consumer.observe(observer(subscriptions))
     runtime = ServiceRuntime(
         definition, settings=settings, kafka=kafka or KafkaSettings(), clock=clock
     )
@@ -69,8 +79,19 @@ def build_runtime(
         "returns": settings.returns_url,
     }
     runtime.extras["redrive_wait"] = timedelta(seconds=settings.redrive_wait_seconds)
+    runtime.extras["webhook_subscriptions"] = subscriptions
+    runtime.extras["webhook_settings"] = WebhookSettings(
+        timeout_seconds=settings.webhook_timeout_seconds,
+        retry_seconds=settings.webhook_retry_seconds,
+        backoff_base_seconds=settings.webhook_backoff_base_seconds,
+        backoff_max_seconds=settings.webhook_backoff_max_seconds,
+        concurrency=settings.webhook_concurrency,
+        per_shop=settings.webhook_per_shop,
+        poll_seconds=settings.webhook_poll_seconds,
+    )
     return runtime
 
 
 def create_app(runtime: ServiceRuntime | None = None) -> FastAPI:
-    return create_service_app(runtime or build_runtime(), routers=[router, ops_router])
+    routers = [router, shops_router, ops_router]
+    return create_service_app(runtime or build_runtime(), routers=routers)

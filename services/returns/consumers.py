@@ -12,6 +12,7 @@ from shared.db import UnitOfWork
 from shared.events import OrderAccepted, ReturnRequested, ReturnScanned, ShipmentDelivered
 from shared.messaging import EventConsumer, PermanentFailure
 from shared.messaging.redrive import answer_redrives
+from shared.tenancy import follow_access_keys
 
 
 def build_consumer(
@@ -43,7 +44,12 @@ def build_consumer(
         # received on the warehouse page: the same checks as POST /returns/{id}/received
         try:
             await handlers.receive_return(
-                uow, event.return_id, event.lines, now=clock.now(), warehouse_id=event.warehouse_id
+                uow,
+                event.return_id,
+                event.lines,
+                now=clock.now(),
+                warehouse_id=event.warehouse_id,
+                by=event.received_by,
             )
         except handlers.ReceiptRefused as refused:
             raise PermanentFailure(
@@ -51,4 +57,5 @@ def build_consumer(
             ) from None
 
     answer_redrives(consumer, service="returns")
+    follow_access_keys(consumer)
     return consumer

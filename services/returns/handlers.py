@@ -31,7 +31,7 @@ from shared.events import (
     ReturnRequested,
     ShipmentDelivered,
 )
-from shared.events.base import Identifier
+from shared.events.base import Identifier, StaffRef
 from shared.messaging import InvalidEvent
 
 
@@ -54,6 +54,7 @@ async def remember_orders(
         [
             {
                 "order_id": e.order_id,
+                "shop_id": e.shop_id,
                 "currency": e.currency,
                 "lines": [line.model_dump(mode="json") for line in e.lines],
                 "ship_to": e.ship_to.model_dump(mode="json"),
@@ -313,12 +314,17 @@ async def receive_return(
     *,
     now: datetime,
     warehouse_id: str | None = None,
+    warehouses: frozenset[str] | None = None,
+    by: StaffRef | None = None,
 ) -> dict[str, Any]:
-    """Record what came back: ``returns.received`` and, for a refund, ``refunds.requested``,
-    once. The same receipt again answers the first one; a different one is refused."""
+    """Record what came back: ``returns.received`` (with ``by``, who received it) and, for a
+    refund, ``refunds.requested``, once. The same receipt again answers the first one; a
+    different one is refused. ``warehouses``: where the receiver may work (None: all)."""
     ret = await repo.lock_return(uow.conn, return_id)
     if ret is None:
         raise ReceiptRefused(404, f"no return {return_id}")
+    if warehouses is not None and ret["warehouse_id"] not in warehouses:
+        raise ReceiptRefused(403, f"return {return_id} does not go to your warehouse")
     if ret["status"] == "received":
         if _same_receipt(ret, lines):
             return _receipt_view(ret)
@@ -343,6 +349,7 @@ async def receive_return(
             order_id=ret["order_id"],
             warehouse_id=ret["warehouse_id"] or warehouse_id,
             lines=lines,
+            received_by=by,
         )
     )
     if amount is not None:

@@ -22,6 +22,7 @@ from shared.db.notify import notify
 from shared.events.base import Text, Timestamp, storable_text
 from shared.http import require_role, runtime_of
 from shared.signing import WebhookPayloadError, WebhookSignatureError
+from shared.tenancy import Principal
 
 router = APIRouter(tags=["shipping"])
 
@@ -66,11 +67,20 @@ async def carrier_webhook(carrier: str, request: Request) -> dict[str, Any]:
     return {"status": "applied" if applied else "duplicate"}
 
 
-@router.get("/shipments/{order_id}", dependencies=[Depends(require_role("shop", "ops"))])
-async def get_shipments(order_id: str, request: Request) -> dict[str, Any]:
+@router.get("/shipments/{order_id}")
+async def get_shipments(
+    order_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_role("shop", "ops"))],
+) -> dict[str, Any]:
+    """An order's shipments with their tracking. A shop's key sees its own shop's orders
+    only: another shop's is 404, as if there were none."""
     runtime = runtime_of(request)
     async with runtime.pool.acquire() as conn:
         shipments = await repo.shipments_of_order(conn, order_id)
+        scoped = principal.shop_id is not None and bool(shipments)
+        if scoped and await repo.shop_of_order(conn, order_id) != principal.shop_id:
+            shipments = []
     if not shipments:
         raise HTTPException(404, f"no shipments for order {order_id}")
     public = (

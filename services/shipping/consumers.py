@@ -10,6 +10,7 @@ from shared.db import UnitOfWork
 from shared.events import OrderAccepted, OrderCancelled, OrderPacked
 from shared.messaging import EventConsumer
 from shared.messaging.redrive import answer_redrives
+from shared.tenancy import follow_access_keys
 
 
 def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
@@ -28,4 +29,5 @@ def build_consumer(*, schema: str, **options: Any) -> EventConsumer:
         await handlers.request_labels(events, uow)
 
     answer_redrives(consumer, service="shipping")
+    follow_access_keys(consumer)
     return consumer

@@ -62,6 +62,7 @@ async def remember_orders(events: Sequence[OrderAccepted], uow: UnitOfWork) -> N
         [
             {
                 "order_id": e.order_id,
+                "shop_id": e.shop_id,
                 "service_level": e.service_level,
                 "placed_at": e.placed_at,
                 "deliver_by": e.promised.deliver_by,

@@ -1,5 +1,6 @@
 """Every event of the contract, defined once and imported by producers and consumers."""
 
+from shared.events.access import ShopKeyChanged, StaffKeyChanged
 from shared.events.base import Event, Model, utc_now
 from shared.events.dead_letter import DeadLetter, DeadLetterHeader
 from shared.events.inventory import (
@@ -82,6 +83,8 @@ EVENTS_BY_TOPIC: dict[str, type[Event]] = {
         ExchangeRequested,
         ReturnScanned,
         RedriveRequested,
+        ShopKeyChanged,
+        StaffKeyChanged,
     )
 }
 
@@ -125,7 +128,9 @@ __all__ = [
     "ShipmentLabelCreated",
     "ShipmentLine",
     "ShipmentShipped",
+    "ShopKeyChanged",
     "SlaBreached",
+    "StaffKeyChanged",
     "StockBackordered",
     "StockReceived",
     "StockReleased",

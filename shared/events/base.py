@@ -150,3 +150,10 @@ class Event(Model):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+class StaffRef(Model):
+    """Who in a warehouse did something (a staff member's key, docs/tenancy.md)."""
+
+    staff_id: Identifier
+    name: ShortText

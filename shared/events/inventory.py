@@ -16,6 +16,7 @@ from shared.events.base import (
     OrderId,
     PostalCode,
     Sku,
+    StaffRef,
     storable_text,
 )
 from shared.events.orders import ShipmentLine
@@ -115,6 +116,9 @@ class OrderPacked(Event):
     parcels: list[Parcel] = Field(min_length=1, max_length=50)
     lines: list[ShipmentLine] = Field(default_factory=list)
     ship_from: Origin | None = None
+    #: who packed (absent: a role token, or the automatic picker) and who picked the lines
+    packed_by: StaffRef | None = None
+    picked_by: list[StaffRef] = Field(default_factory=list, max_length=100)
 
 
 class StockRestocked(Event):

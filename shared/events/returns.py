@@ -17,6 +17,7 @@ from shared.events.base import (
     OrderId,
     Quantity,
     Sku,
+    StaffRef,
     Text,
     Timestamp,
     storable_text,
@@ -108,6 +109,8 @@ class ReturnReceived(Event):
     order_id: Identifier
     warehouse_id: Identifier | None = None
     lines: list[ReceivedLine] = Field(min_length=1, max_length=100)
+    #: who received the parcel (absent: a role token)
+    received_by: StaffRef | None = None
 
 
 class RefundRequested(Event):
@@ -136,6 +139,7 @@ class ReturnScanned(Event):
     return_id: Identifier
     warehouse_id: Identifier
     lines: list[ReceivedLine] = Field(min_length=1, max_length=100)
+    received_by: StaffRef | None = None
 
 
 class ExchangeRequested(Event):

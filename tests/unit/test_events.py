@@ -104,6 +104,8 @@ def test_every_contract_topic_has_a_model() -> None:
         "warehouse.return-scanned",
         "returns.exchange-requested",
         "orders.redrive-requested",
+        "shops.key-changed",  # docs/tenancy.md
+        "staff.key-changed",
     }
     assert set(EVENTS_BY_TOPIC) == contract_topics | internal
 

@@ -33,6 +33,7 @@ from waybill.carrier_sandbox.models import (
     TrackingEventRequest,
     WebhookLog,
 )
+from waybill.carrier_sandbox.receivers import receivers_router
 from waybill.carrier_sandbox.sandbox import (
     IdempotencyConflict,
     InjectedFault,
@@ -106,6 +107,8 @@ def create_app(config: SandboxConfig, *, clock: Clock | None = None) -> FastAPI:
     @app.exception_handler(IdempotencyConflict)
     async def idempotency_conflict(_: Request, conflict: IdempotencyConflict) -> JSONResponse:
         return JSONResponse({"detail": str(conflict)}, 422)
+
+    app.include_router(receivers_router())
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -163,14 +163,23 @@ async def lock_line(conn: Connection, picklist_id: UUID, line_no: int) -> dict[s
 
 
 async def add_picked(
-    conn: Connection, picklist_id: UUID, line_no: int, *, quantity: int, now: datetime
+    conn: Connection,
+    picklist_id: UUID,
+    line_no: int,
+    *,
+    quantity: int,
+    now: datetime,
+    by: dict[str, str] | None = None,
 ) -> int:
-    """Count ``quantity`` more as picked; returns the line's picked quantity now."""
+    """Count ``quantity`` more as picked (by ``by``, a staff member, once in the line's list
+    of pickers); returns the line's picked quantity now."""
     picked: int = await conn.fetchval(
         """
         UPDATE picklist_lines
            SET picked_quantity = picked_quantity + $3,
-               picked_at = CASE WHEN picked_quantity + $3 >= quantity THEN $4::timestamptz END
+               picked_at = CASE WHEN picked_quantity + $3 >= quantity THEN $4::timestamptz END,
+               picked_by = CASE WHEN $5::jsonb IS NULL OR picked_by @> jsonb_build_array($5::jsonb)
+                                THEN picked_by ELSE picked_by || jsonb_build_array($5::jsonb) END
         WHERE picklist_id = $1 AND line_no = $2
         RETURNING picked_quantity
         """,
@@ -178,8 +187,20 @@ async def add_picked(
         line_no,
         quantity,
         now,
+        by,
     )
     return picked
+
+
+async def record_packer(
+    conn: Connection, *, order_id: str, warehouse_id: str, by: dict[str, str]
+) -> None:
+    await conn.execute(
+        "UPDATE packings SET packed_by = $3::jsonb WHERE order_id = $1 AND warehouse_id = $2",
+        order_id,
+        warehouse_id,
+        by,
+    )
 
 
 async def create_lines(
@@ -218,7 +239,7 @@ async def lines_of_order(conn: Connection, order_id: str, *, lock: bool) -> list
     rows = await conn.fetch(
         f"""
         SELECT l.picklist_id, l.line_no, p.warehouse_id, l.order_id, l.sku, l.bin, l.quantity,
-               l.picked_quantity, {_LINE_STATUS} AS status
+               l.picked_quantity, {_LINE_STATUS} AS status, l.picked_by
         FROM picklist_lines l JOIN picklists p USING (picklist_id)
         WHERE l.order_id = $1 AND l.cancelled_at IS NULL
         ORDER BY p.warehouse_id, l.picklist_id, l.line_no

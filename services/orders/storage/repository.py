@@ -44,15 +44,23 @@ async def append_timeline(
 
 
 async def insert_rejection(
-    conn: Connection, *, event_id: UUID, order_id: str, reason: str, reasons: list[dict[str, str]]
+    conn: Connection,
+    *,
+    event_id: UUID,
+    order_id: str,
+    shop_id: str | None,
+    reason: str,
+    reasons: list[dict[str, str]],
 ) -> None:
     await conn.execute(
         """
-        INSERT INTO rejections (event_id, order_id, reason, reasons) VALUES ($1, $2, $3, $4)
+        INSERT INTO rejections (event_id, order_id, shop_id, reason, reasons)
+        VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (event_id) DO NOTHING
         """,
         event_id,
         order_id,
+        shop_id,
         reason,
         reasons,
     )
@@ -79,7 +87,7 @@ async def fetch_order(conn: Connection, order_id: str) -> dict[str, Any] | None:
 async def fetch_rejections(conn: Connection, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """
-        SELECT reason, reasons, rejected_at FROM rejections
+        SELECT shop_id, reason, reasons, rejected_at FROM rejections
         WHERE order_id = $1 ORDER BY rejected_at
         """,
         order_id,
@@ -593,20 +601,22 @@ async def content_hashes(conn: Connection, order_ids: list[str]) -> dict[str, st
 
 
 async def insert_rejections(conn: Connection, rejections: list[dict[str, Any]]) -> None:
-    """Rejections (event_id, order_id, reason, reasons) in one statement."""
+    """Rejections (event_id, order_id, shop_id, reason, reasons) in one statement."""
     if not rejections:
         return
     await conn.execute(
         """
-        INSERT INTO rejections (event_id, order_id, reason, reasons)
-        SELECT e, o, r, rs::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
-             AS n(e, o, r, rs)
+        INSERT INTO rejections (event_id, order_id, shop_id, reason, reasons)
+        SELECT e, o, s, r, rs::jsonb
+        FROM unnest($1::uuid[], $2::text[], $5::text[], $3::text[], $4::text[])
+             AS n(e, o, s, r, rs)
         ON CONFLICT (event_id) DO NOTHING
         """,
         [x["event_id"] for x in rejections],
         [x["order_id"] for x in rejections],
         [x["reason"] for x in rejections],
         [json.dumps(x["reasons"]) for x in rejections],
+        [x["shop_id"] for x in rejections],
     )
 
 

@@ -30,16 +30,25 @@ async def remember_orders(conn: Connection, orders: list[dict[str, Any]]) -> Non
         return
     await conn.execute(
         """
-        INSERT INTO return_orders (order_id, currency, lines, ship_to)
-        SELECT o, c, l::jsonb, s::jsonb
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS n(o, c, l, s)
+        INSERT INTO return_orders (order_id, currency, lines, ship_to, shop_id)
+        SELECT o, c, l::jsonb, s::jsonb, sh
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+             AS n(o, c, l, s, sh)
         ON CONFLICT (order_id) DO NOTHING
         """,
         [o["order_id"] for o in orders],
         [o["currency"] for o in orders],
         [json.dumps(o["lines"]) for o in orders],
         [json.dumps(o["ship_to"]) for o in orders],
+        [o["shop_id"] for o in orders],
     )
+
+
+async def shop_of_order(conn: Connection, order_id: str) -> str | None:
+    shop_id: str | None = await conn.fetchval(
+        "SELECT shop_id FROM return_orders WHERE order_id = $1", order_id
+    )
+    return shop_id
 
 
 async def record_delivery(

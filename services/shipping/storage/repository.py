@@ -196,6 +196,13 @@ async def update_tracking(
     )
 
 
+async def shop_of_order(conn: Connection, order_id: str) -> str | None:
+    shop_id: str | None = await conn.fetchval(
+        "SELECT shop_id FROM shipping_orders WHERE order_id = $1", order_id
+    )
+    return shop_id
+
+
 async def shipments_of_order(conn: Connection, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT * FROM shipments WHERE order_id = $1 ORDER BY created_at", order_id
@@ -331,10 +338,12 @@ async def remember_orders(conn: Connection, orders: list[dict[str, Any]]) -> int
         return 0
     await conn.execute(
         """
-        INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by, ship_to)
-        SELECT o, l, p, d, s::jsonb
-        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
-             AS n(o, l, p, d, s)
+        INSERT INTO shipping_orders (order_id, service_level, placed_at, deliver_by, ship_to,
+                                     shop_id)
+        SELECT o, l, p, d, s::jsonb, sh
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
+                    $6::text[])
+             AS n(o, l, p, d, s, sh)
         ON CONFLICT (order_id) DO NOTHING
         """,
         [o["order_id"] for o in orders],
@@ -342,6 +351,7 @@ async def remember_orders(conn: Connection, orders: list[dict[str, Any]]) -> int
         [o["placed_at"] for o in orders],
         [o["deliver_by"] for o in orders],
         [json.dumps(o["ship_to"]) for o in orders],
+        [o["shop_id"] for o in orders],
     )
     status = await conn.execute(
         """
