@@ -78,10 +78,15 @@ class WebhookSettings:
 # -- queueing ---------------------------------------------------------------------------------
 
 
+#: how often each orders process reads which topics shops subscribe to
+SUBSCRIPTIONS_REFRESH_SECONDS = 2.0
+
+
 class Subscriptions:
     """Which topics some shop subscribes to, as this process last read them: events of
-    other topics are not even serialised. Read again every poll of the delivery worker and
-    at once after a change made here."""
+    other topics are not even serialised, and while no shop has a webhook the delivery
+    worker looks for nothing to send. Read again every SUBSCRIPTIONS_REFRESH_SECONDS and at
+    once after a change made in this process."""
 
     def __init__(self) -> None:
         self.topics: frozenset[str] = frozenset()
@@ -295,9 +300,12 @@ async def deliver_webhooks(runtime: ServiceRuntime) -> None:
 
     async with httpx.AsyncClient(follow_redirects=False) as client:
         try:
+            refreshed = -SUBSCRIPTIONS_REFRESH_SECONDS
             while True:
                 async with runtime.pool.acquire() as conn:
-                    await subscriptions.refresh(conn)
+                    if time.monotonic() - refreshed >= SUBSCRIPTIONS_REFRESH_SECONDS:
+                        await subscriptions.refresh(conn)
+                        refreshed = time.monotonic()
                     free = settings.concurrency - len(in_flight)
                     due = (
                         await claim_due(
