@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install browser demo up test unit lint asyncapi clean
+.PHONY: install browser prometheus demo up test unit lint asyncapi clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
@@ -37,8 +37,18 @@ browser:
 		echo "note: $(CHROMIUM) is missing and only root can install it: the browser tests will fail"; \
 	fi
 
+## Debian's Prometheus and promtool for the alert-rule and scrape tests
+prometheus:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's prometheus for the monitoring tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	else \
+		echo "note: prometheus and promtool are missing and only root can install them: the monitoring tests will fail"; \
+	fi
+
 ## the full test suite against the real (embedded) broker and PostgreSQL
-test: install browser
+test: install browser prometheus
 	$(BIN)/pytest
 
 unit: install

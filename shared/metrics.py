@@ -91,6 +91,16 @@ gauge(
     "of the last fetch minus the position)",
 )
 gauge("waybill.carrier.breaker_state", "circuit per carrier: 0 closed, 1 half open, 2 open")
+gauge(
+    "waybill.process.restarts",
+    "how often `waybill up` started this service again after it ended unexpectedly",
+)
+gauge("waybill.sla.at_risk", "open SLA stages past 80 % of their window, by stage")
+webhook_deliveries = meter.create_counter(
+    "waybill.webhook.deliveries",
+    description="attempts to deliver an event to a shop's webhook, by shop and outcome "
+    "(delivered, retry, dead)",
+)
 
 
 def configure_metrics(service: str, *, otlp_endpoint: str | None) -> MeterProvider | None:

@@ -185,6 +185,7 @@ class ServiceRuntime:
         observe("waybill.outbox.backlog", self._outbox_backlog)
         observe("waybill.outbox.oldest_age", self._outbox_age)
         observe("waybill.consumer.lag", self._lag_observations)
+        observe("waybill.process.restarts", self._restarts)
         log.info("%s started", self.name)
 
     def _outbox_backlog(self) -> list[tuple[float, dict[str, str]]]:
@@ -192,6 +193,9 @@ class ServiceRuntime:
 
     def _outbox_age(self) -> list[tuple[float, dict[str, str]]]:
         return [(float(self.extras.get("outbox_oldest_seconds", 0.0)), {"service": self.name})]
+
+    def _restarts(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(self.settings.supervisor_restarts), {"service": self.name})]
 
     def _lag_observations(self) -> list[tuple[float, dict[str, str]]]:
         lag: dict[tuple[str, int], int] = self.extras.get("consumer_lag", {})
@@ -217,6 +221,7 @@ class ServiceRuntime:
         forget(self._outbox_backlog)
         forget(self._outbox_age)
         forget(self._lag_observations)
+        forget(self._restarts)
         for task in self._workers:
             task.cancel()
         for task in self._workers:

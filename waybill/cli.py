@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,14 +21,11 @@ CHAOS_SCENARIOS = (
 )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aiokafka", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(level: str, *, service: str) -> None:
+    from shared.logs import configure_logging
+
+    log_format = os.environ.get("WAYBILL_LOG_FORMAT", "plain").lower()
+    configure_logging(level, service=service, json_lines=log_format == "json")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -383,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    service = args.service if args.handler is cmd_run else f"waybill-{args.command}"
+    _configure_logging(args.log_level, service=service)
     try:
         result: int = args.handler(args)
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from shared import topics
+from shared import metrics, topics
 from shared.db import UnitOfWork
 from shared.db.uow import Connection
 from shared.events import Event
@@ -270,6 +270,8 @@ async def record(
             error,
             now,
         )
+    counted = {"pending": "retry"}.get(state, state)
+    metrics.webhook_deliveries.add(1, {"shop_id": delivery["shop_id"], "outcome": counted})
     if state == "dead":
         log.warning(
             "webhook delivery %s (%s of order %s) to shop %s is dead after %d attempts: %s",

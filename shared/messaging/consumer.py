@@ -160,6 +160,26 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+def _log_handling(deliveries: Sequence[Delivery], spans: Sequence[Span]) -> None:
+    """At DEBUG, a line per event handled, with its order and the trace it belongs to (in a
+    batch the records' spans are not current: their ids go with the line)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for d, span in zip(deliveries, spans, strict=True):
+        assert d.event is not None
+        context = span.get_span_context()
+        log.debug(
+            "handling %s event %s",
+            d.topic,
+            d.event.event_id,
+            extra={
+                "order_id": d.event.partition_key(),
+                "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+                "span_id": format(context.span_id, "016x") if context.is_valid else None,
+            },
+        )
+
+
 #: the header ``waybill dlq replay`` adds: where the dead-lettered original was
 REPLAYED_FROM = "waybill-replayed-from"
 
@@ -448,10 +468,13 @@ class EventConsumer:
         if route.batch_handler is None:
             assert route.handler is not None
             for d in deliveries:
-                with telemetry.use_span(self._record_span(d)):
+                span = self._record_span(d)
+                _log_handling([d], [span])
+                with telemetry.use_span(span):
                     await route.handler(d.event, uow)
             return
         spans = [self._record_span(d) for d in deliveries]
+        _log_handling(deliveries, spans)
         events = [d.event for d in deliveries]
         for event, span in zip(events, spans, strict=True):
             assert event is not None

@@ -283,6 +283,18 @@ async def mark_at_risk(conn: Connection, *, now: datetime, share: float) -> int:
     return int(status.split()[-1])
 
 
+async def at_risk_counts(conn: Connection) -> dict[str, int]:
+    """Open stages at risk now (past 80 % of their window, not met, not breached), by stage."""
+    rows = await conn.fetch(
+        """
+        SELECT stage, count(*) AS n FROM order_slas
+        WHERE at_risk_at IS NOT NULL AND met_at IS NULL AND breached_at IS NULL AND NOT closed
+        GROUP BY stage
+        """
+    )
+    return {r["stage"]: r["n"] for r in rows}
+
+
 async def slas_of(conn: Connection, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """
