@@ -73,9 +73,8 @@ def cmd_sla(args: argparse.Namespace) -> int:
     from waybill.sla_report import default_orders_url, fetch_summary, render
 
     url = args.url or default_orders_url()
-    token = args.token or os.environ.get("WAYBILL_TOKEN_OPS", "")
-    if not token:
-        print("waybill sla: set WAYBILL_TOKEN_OPS (printed by `waybill up`) or pass --token")
+    token = _token(args, "ops", "waybill sla")
+    if token is None:
         return 2
     try:
         summary = fetch_summary(url, token)
@@ -89,6 +88,31 @@ def cmd_sla(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace, role: str, command: str) -> str | None:
+    """The role's token from --token or WAYBILL_TOKEN_<ROLE>; None (said why) without one."""
+    variable = f"WAYBILL_TOKEN_{role.upper()}"
+    token: str = args.token or os.environ.get(variable, "")
+    if not token:
+        print(f"{command}: set {variable} (printed by `waybill up`) or pass --token")
+        return None
+    return token
+
+
+def _generated(text: str, target: Path, *, check: bool, command: str) -> int:
+    """Write a file generated from the code, or with ``check`` fail if it is stale."""
+    if check:
+        current = target.read_text() if target.exists() else ""
+        if current != text:
+            print(f"{target} is stale: run `{command}` and commit it", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
 def cmd_kafka_acls(args: argparse.Namespace) -> int:
     from waybill.kafka_acls import render
 
@@ -97,15 +121,12 @@ def cmd_kafka_acls(args: argparse.Namespace) -> int:
         print(script, end="")
         return 0
     path = Path(args.output)
-    if args.check:
-        if not path.exists() or path.read_text() != script:
-            print(f"{path} is stale: run `waybill kafka-acls --output {path}`", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(script)
-    path.chmod(0o755)
-    print(f"wrote {path}")
-    return 0
+    written = _generated(
+        script, path, check=args.check, command=f"waybill kafka-acls --output {path}"
+    )
+    if written == 0 and not args.check:
+        path.chmod(0o755)
+    return written
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -113,9 +134,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from waybill.sla_report import default_orders_url
 
     url = args.url or default_orders_url()
-    token = args.token or os.environ.get("WAYBILL_TOKEN_ADMIN", "")
-    if not token:
-        print("waybill keys: set WAYBILL_TOKEN_ADMIN (printed by `waybill up`) or pass --token")
+    token = _token(args, "admin", "waybill keys")
+    if token is None:
         return 2
     try:
         if args.keys_command == "create":
@@ -194,19 +214,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     from waybill.asyncapi import render
 
-    document = render()
-    target = Path(args.output)
-    if args.check:
-        current = target.read_text() if target.exists() else ""
-        if current != document:
-            print(f"{target} is stale: run `waybill asyncapi` and commit it", file=sys.stderr)
-            return 1
-        print(f"{target} is up to date")
-        return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(document)
-    print(f"wrote {target}")
-    return 0
+    return _generated(render(), Path(args.output), check=args.check, command="waybill asyncapi")
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:

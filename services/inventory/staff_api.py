@@ -12,6 +12,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -139,5 +140,5 @@ async def new_staff_key(staff_id: StaffId, request: Request) -> JSONResponse:
     return JSONResponse(_json(answer), status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _json(answer: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in answer.items()}
+def _json(answer: dict[str, Any]) -> Any:
+    return jsonable_encoder(answer)

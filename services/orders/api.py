@@ -23,6 +23,7 @@ from services.orders.storage import repository as repo
 from shared import telemetry
 from shared.db import unit_of_work
 from shared.events import OrderPlaced
+from shared.events.base import STAFF_FIELDS
 from shared.http import limit_rate, require_role, runtime_of
 from shared.messaging import InvalidEvent, field_errors_of
 from shared.tenancy import Principal
@@ -96,18 +97,14 @@ async def submit_order(
     )
 
 
-#: who in the warehouse picked, packed and received: for ops, not for shops
-_STAFF_DETAILS = ("packed_by", "picked_by", "received_by")
-
-
 def _timeline_for(principal: Principal, timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if principal.role != "shop":
         return timeline
     shown = []
     for step in timeline:
         detail = step.get("detail")
-        if isinstance(detail, dict) and any(k in detail for k in _STAFF_DETAILS):
-            step = {**step, "detail": {k: v for k, v in detail.items() if k not in _STAFF_DETAILS}}
+        if isinstance(detail, dict) and not STAFF_FIELDS.isdisjoint(detail):
+            step = {**step, "detail": {k: v for k, v in detail.items() if k not in STAFF_FIELDS}}
         shown.append(step)
     return shown
 

@@ -30,6 +30,7 @@ from shared import metrics, topics
 from shared.db import UnitOfWork
 from shared.db.uow import Connection
 from shared.events import Event
+from shared.events.base import STAFF_FIELDS
 from shared.runtime import ServiceRuntime
 from shared.signing import sign_webhook
 
@@ -60,8 +61,6 @@ WEBHOOK_TOPICS: tuple[str, ...] = (
     topics.REFUNDS_REQUESTED,
     topics.STOCK_RESTOCKED,
 )
-#: who in the warehouse did what is for ops, not for shops
-_STAFF_FIELDS = {"packed_by", "picked_by", "received_by"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,10 @@ def observer(subscriptions: Subscriptions) -> Any:
             [e.partition_key() for e in wanted],
             [e.event_id for e in wanted],
             [e.TOPIC for e in wanted],
-            [e.model_dump_json(exclude=_STAFF_FIELDS & set(type(e).model_fields)) for e in wanted],
+            [
+                e.model_dump_json(exclude=set(STAFF_FIELDS & set(type(e).model_fields)))
+                for e in wanted
+            ],
         )
 
     return queue

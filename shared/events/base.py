@@ -157,3 +157,7 @@ class StaffRef(Model):
 
     staff_id: Identifier
     name: ShortText
+
+
+#: the fields of events that name staff: for ops, left out of what shops see
+STAFF_FIELDS = frozenset({"packed_by", "picked_by", "received_by"})

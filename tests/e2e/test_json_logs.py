@@ -4,14 +4,11 @@ WAYBILL_LOG_FORMAT=json, its every log line read back."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_waybill_up import free_port
+from tests.e2e.test_waybill_up import fresh_environment, run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -21,32 +18,10 @@ ORDERS = 6
 def test_a_whole_run_logs_json_lines_with_trace_ids_and_no_customer_data(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
-    for name in ("BROKER", "POSTGRES", "ORDERS", "INVENTORY", "SHIPPING", "RETURNS", "SANDBOX"):
-        env[f"WAYBILL_{name}_PORT"] = str(free_port())
+    env = fresh_environment()
     env["WAYBILL_LOG_FORMAT"] = "json"
     env["WAYBILL_LOG_LEVEL"] = "DEBUG"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "waybill.cli",
-            "up",
-            "--demo",
-            "--orders",
-            str(ORDERS),
-            "--rate",
-            str(ORDERS),
-            "--exit-when-done",
-            "--data-dir",
-            str(tmp_path),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_demo(tmp_path, env, orders=ORDERS)
     texts = {"waybill up": result.stderr}
     for path in sorted((tmp_path / "logs").glob("*.log")):
         texts[path.stem] = path.read_text(errors="replace")

@@ -29,10 +29,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -> None:
+def fresh_environment() -> dict[str, str]:
+    """This process's environment without WAYBILL_ settings, each port a free one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
     for name in ("BROKER", "POSTGRES", "ORDERS", "INVENTORY", "SHIPPING", "RETURNS", "SANDBOX"):
         env[f"WAYBILL_{name}_PORT"] = str(free_port())
+    return env
+
+
+def run_demo(
+    data_dir: Path, env: dict[str, str], *, orders: int
+) -> subprocess.CompletedProcess[str]:
+    """`waybill up --demo` in its own process until its orders are done; it must succeed."""
     result = subprocess.run(
         [
             sys.executable,
@@ -41,12 +49,12 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
             "up",
             "--demo",
             "--orders",
-            "8",
+            str(orders),
             "--rate",
-            "8",
+            str(orders),
             "--exit-when-done",
             "--data-dir",
-            str(tmp_path),
+            str(data_dir),
         ],
         env=env,
         capture_output=True,
@@ -54,6 +62,12 @@ def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_demo_moves_every_order_to_delivered_and_stops_cleanly(tmp_path: Path) -> None:
+    env = fresh_environment()
+    result = run_demo(tmp_path, env, orders=8)
     assert "Waybill is up." in result.stdout
     assert re.search(r"/warehouse/<warehouse_id>\?token=\S+", result.stdout)
     # the dashboard's link signs ops in with the ops token the banner lists

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from shared import topics
 from tests.conftest import MakeSystem
 from tests.e2e.test_walking_skeleton import _stock_warehouse
+from tests.e2e.test_waybill_up import free_port
 from tests.factories import order_placed
 from tests.support import wait_for
 from waybill.system import LocalSystem
@@ -65,13 +65,6 @@ def test_every_alert_has_a_severity_a_summary_and_what_to_do() -> None:
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def scrape_config_for(system: LocalSystem, token_file: Path, *, interval: str) -> dict[str, Any]:
     """The shipped configuration, pointed at this system: only targets, the token file and
     the intervals change."""
@@ -95,7 +88,7 @@ async def prometheus(tmp_path: Path) -> AsyncIterator[Any]:
     async def start(config: dict[str, Any]) -> str:
         path = tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = free_port()
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 binary,
