@@ -47,6 +47,8 @@ K8S = ROOT / "deploy" / "k8s"
 SECRET_TEMPLATE = K8S / "base" / "secret.example.yaml"
 POSTGRES_INIT = ROOT / "deploy" / "postgres" / "init" / "10-waybill-services.sh"
 PROVISION_SQL = ROOT / "deploy" / "postgres" / "provision-service.sql"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
 
 #: CONTRACT.md section 1, "Ports"
 CONTRACT_PORTS = {"orders": 8081, "inventory": 8082, "shipping": 8083, "returns": 8084}
@@ -353,7 +355,7 @@ def test_compose_postgres_provisions_every_service(compose: dict[str, Any]) -> N
         assert env[f"WAYBILL_{service.upper()}_DB_PASSWORD"], service
 
 
-def test_compose_needs_no_variables_and_runs_the_trace_stack(
+def test_compose_needs_no_variables_and_runs_the_trace_and_metrics_stacks(
     compose_raw: dict[str, Any],
 ) -> None:
     resolve(compose_raw, {})  # raises for a ${VAR} without a default
@@ -363,6 +365,8 @@ def test_compose_needs_no_variables_and_runs_the_trace_stack(
         "carrier-sandbox",
         "otel-collector",
         "jaeger",
+        "prometheus",
+        "grafana",
         *SERVICES,
     }
 
@@ -390,6 +394,65 @@ def test_traces_go_from_the_services_through_the_collector_to_jaeger(
         host, port = endpoint.removeprefix("http://").split(":")
         assert host == "otel-collector" and port == http_receiver.split(":")[1], name
     for image in (collector["image"], services["jaeger"]["image"]):
+        assert ":" in image and not image.endswith(":latest"), image
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a service's bind mounts and named volumes."""
+    return {target: source for source, target, *_ in (v.split(":") for v in service["volumes"])}
+
+
+def test_prometheus_in_compose_runs_the_shipped_configuration_with_the_ops_token(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_file = next(
+        arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file=")
+    )
+    mounted = mounts(prometheus)
+    assert (ROOT / mounted[config_file]).resolve() == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    # the rule files, relative to the configuration, are mounted beside it
+    for rule_file in config["rule_files"]:
+        target = str(Path(config_file).parent / rule_file)
+        assert (ROOT / mounted[target]).resolve() == PROMETHEUS_CONFIG.parent / rule_file
+    # the token file each scrape sends is the ops token the services check
+    token_targets = {c["target"]: c["source"] for c in prometheus["configs"]}
+    for job in config["scrape_configs"]:
+        source = token_targets[job["authorization"]["credentials_file"]]
+        assert (
+            compose["configs"][source]["content"]
+            == environment(services["orders"])["WAYBILL_TOKEN_OPS"]
+        )
+        (target,) = job["static_configs"][0]["targets"]
+        host, port = target.split(":")
+        service = job["job_name"].removeprefix("waybill-")
+        assert host == service and int(port) == CONTRACT_PORTS[service], job
+    assert {j["job_name"] for j in config["scrape_configs"]} == {f"waybill-{s}" for s in SERVICES}
+
+
+def test_grafana_in_compose_provisions_prometheus_and_the_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    mounted = mounts(grafana)
+    provisioning = ROOT / mounted["/etc/grafana/provisioning"]
+    assert provisioning.resolve() == GRAFANA / "provisioning"
+    (sources,) = (provisioning / "datasources").glob("*.yml")
+    by_type = {d["type"]: d for d in yaml.safe_load(sources.read_text())["datasources"]}
+    host, port = by_type["prometheus"]["url"].removeprefix("http://").split(":")
+    assert host == "prometheus" and f"{port}:{port}" in services["prometheus"]["ports"]
+    assert by_type["jaeger"]["url"].removeprefix("http://").split(":")[0] in services
+    (providers,) = (provisioning / "dashboards").glob("*.yml")
+    (provider,) = yaml.safe_load(providers.read_text())["providers"]
+    folder = provider["options"]["path"]
+    assert (ROOT / mounted[folder]).resolve() == GRAFANA / "dashboards"
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).parent == Path(folder)
+    assert (GRAFANA / "dashboards" / Path(home).name).is_file()
+    for image in (grafana["image"], services["prometheus"]["image"]):
         assert ":" in image and not image.endswith(":latest"), image
 
 
