@@ -217,6 +217,15 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return _generated(render(), Path(args.output), check=args.check, command="waybill asyncapi")
 
 
+def cmd_prometheus_rule(args: argparse.Namespace) -> int:
+    from waybill.prometheus_rule import ALERTS, OUTPUT, render
+
+    text = render(Path(args.alerts or ALERTS).read_text())
+    return _generated(
+        text, Path(args.output or OUTPUT), check=args.check, command="waybill prometheus-rule"
+    )
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from waybill.dlq import list_dead_letters, replay_dead_letters
 
@@ -372,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     asyncapi.add_argument("--output", default="docs/asyncapi.yaml")
     asyncapi.add_argument("--check", action="store_true", help="fail if the file is stale")
     asyncapi.set_defaults(handler=cmd_asyncapi)
+
+    rule = commands.add_parser(
+        "prometheus-rule",
+        help="write the keda-prometheus overlay's PrometheusRule from the alert rules",
+    )
+    rule.add_argument("--alerts", help="default deploy/prometheus/alerts.yml")
+    rule.add_argument(
+        "--output", help="default deploy/k8s/overlays/keda-prometheus/prometheus-rule.yaml"
+    )
+    rule.add_argument("--check", action="store_true", help="fail if the file is stale")
+    rule.set_defaults(handler=cmd_prometheus_rule)
 
     dlq = commands.add_parser("dlq", help="inspect and re-drive dead-lettered records")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
