@@ -34,12 +34,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -48,6 +48,9 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from shared import topics
 from shared.infra import Infrastructure, start_infrastructure
@@ -55,7 +58,9 @@ from shared.messaging.epoch import BrokerEpoch
 from shared.messaging.fetch import FetchPacer
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
+from waybill import terminal
 from waybill.processes import Child, ProcessSystem, SystemOptions
+from waybill.terminal import ViewTable
 from waybill.up import (
     DEMO_SKUS,
     demo_order,
@@ -380,23 +385,35 @@ class BenchFailed(RuntimeError):
 # --- the bench --------------------------------------------------------------------------
 
 
-class Progress:
-    """One line on stderr every second while a phase runs."""
+@dataclass
+class PhaseCounts:
+    """How far a phase is: the orders the shop placed, and those that came back labelled
+    (and, ``--full``, with their return decided)."""
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.text = ""
+    phase: str
+    orders: int
+    placed: int
+    labelled: int
+    decided: int | None = None
+
+
+class PhaseProgress:
+    """While a phase runs: on a terminal, a progress bar redrawn in place twice a second;
+    piped, a line on stderr every second. Both read counts the bench keeps anyway, and the
+    labels per second over the last two seconds."""
+
+    #: the rate shown is the labels of the last this many seconds
+    WINDOW_SECONDS = 2.0
+    #: seconds between refreshes of the display, and between plain lines
+    TERMINAL_INTERVAL = 0.5
+    PLAIN_INTERVAL = 1.0
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
         self._task: asyncio.Task[None] | None = None
 
-    async def _run(self, describe: Any) -> None:
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(1.0)
-            elapsed = time.monotonic() - started
-            print(f"  [{elapsed:6.1f} s] {describe()}", file=self.out, flush=True)
-
-    def start(self, describe: Any) -> None:
-        self._task = asyncio.create_task(self._run(describe))
+    def start(self, count: Callable[[], PhaseCounts]) -> None:
+        self._task = asyncio.create_task(self._run(count))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -404,6 +421,59 @@ class Progress:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _run(self, count: Callable[[], PhaseCounts]) -> None:
+        first, started = count(), time.monotonic()
+        interval = self.TERMINAL_INTERVAL if self.console.is_terminal else self.PLAIN_INTERVAL
+        kept = max(1, round(self.WINDOW_SECONDS / interval))
+        samples = deque([(started, first.labelled)], maxlen=kept)
+        bar = Progress(
+            TextColumn("{task.description}", style="bold"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        task = bar.add_task(first.phase, total=first.orders, counts="")
+
+        def now_counts() -> tuple[PhaseCounts, float]:
+            """The counts, and the labels per second since the oldest sample kept."""
+            now, counts = time.monotonic(), count()
+            then, before = samples[0]
+            samples.append((now, counts.labelled))
+            return counts, (counts.labelled - before) / (now - then) if now > then else 0.0
+
+        with terminal.live(bar, console=self.console) as display:
+            if display is None:
+                while True:
+                    await asyncio.sleep(interval)
+                    counts, rate = now_counts()
+                    elapsed = time.monotonic() - started
+                    line = f"  [{elapsed:6.1f} s] {describe(counts, rate)}"
+                    print(line, file=self.console.file, flush=True)
+            try:
+                while True:
+                    await asyncio.sleep(interval)
+                    self._update(bar, task, *now_counts())
+                    display.refresh()
+            finally:  # the phase is over: the display keeps how it ended
+                self._update(bar, task, *now_counts())
+                display.refresh()
+
+    @staticmethod
+    def _update(bar: Progress, task: TaskID, counts: PhaseCounts, rate: float) -> None:
+        done = counts.labelled if counts.decided is None else counts.decided
+        bar.update(task, completed=done, counts=describe(counts, rate, named=False))
+
+
+def describe(counts: PhaseCounts, rate: float, *, named: bool = True) -> str:
+    """``peak: placed 1200/20000, labelled 900/20000, 850 labelled/s``."""
+    n = counts.orders
+    text = f"placed {counts.placed}/{n}, labelled {counts.labelled}/{n}"
+    if counts.decided is not None:
+        text += f", decided {counts.decided}/{n}"
+    text += f", {rate:.0f} labelled/s"
+    return f"{counts.phase}: {text}" if named else text
 
 
 class Bench:
@@ -417,7 +487,7 @@ class Bench:
         self.placed: dict[str, dict[str, Any]] = {}
         self.sent_at: dict[str, float] = {}
         self.received: Counter[str] = Counter()
-        self.progress = Progress(sys.stderr)
+        self.progress = PhaseProgress(terminal.console_for(sys.stderr))
         # the hops of the path, to tell where an order's time goes
         watched = [
             topics.ORDERS_ACCEPTED,
@@ -601,14 +671,12 @@ class Bench:
         done = self.done_tally(ids)
         sent = 0
 
-        def describe() -> str:
-            text = f"{name}: placed {sent}/{n}, labelled {labelled.done()}/{n}"
-            if self.options.full:
-                text += f", decided {done.done()}/{n}"
-            return text
+        def count() -> PhaseCounts:
+            decided = done.done() if self.options.full else None
+            return PhaseCounts(name, n, sent, labelled.done(), decided)
 
         self.say(f"phase {name}: {n} orders" + (f" at {rate:.0f}/s" if rate else " at once"))
-        self.progress.start(describe)
+        self.progress.start(count)
         profilers = await self.start_profilers(name)
         cpu_before = self.meter.cpu()
         db_before = await self.database_counters()
@@ -1124,10 +1192,7 @@ async def run_bench(options: BenchOptions) -> int:
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    if options.as_json:
-        print(json.dumps(asdict(result), indent=2))
-    else:
-        print(render(result))
+    print_result(result, as_json=options.as_json)
     print(f"result written to {output}", file=sys.stderr)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
@@ -1137,77 +1202,123 @@ async def run_bench(options: BenchOptions) -> int:
     return 0
 
 
-def render(result: BenchResult) -> str:
+PASS_STYLE = "bold green"
+FAIL_STYLE = "bold red"
+
+
+def print_result(result: BenchResult, *, as_json: bool) -> None:
+    """The result on standard output: JSON (``--json``), or the tables."""
+    if as_json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        terminal.show(render(result))
+
+
+def render(result: BenchResult) -> RenderableType:
+    """The phases as a table (with how each spent its time), the references, where the CPU
+    went, and the verdict."""
     o = result.options
-    lines = [
-        f"Waybill bench, {result.started_at}: {result.machine['cpus']} cores, "
-        f"{o['partitions']} partitions, {o['replicas']} replica(s) per service"
-        + (", full lifecycle" if o["full"] else ""),
-        "",
-        f"{'phase':<22}{'orders':>8}{'orders/s':>10}{'steady/s':>10}"
-        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'CPU-ms/order':>14}",
+    parts: list[RenderableType] = [
+        Text(
+            f"Waybill bench, {result.started_at}: {result.machine['cpus']} cores, "
+            f"{o['partitions']} partitions, {o['replicas']} replica(s) per service"
+            + (", full lifecycle" if o["full"] else ""),
+            "bold",
+        ),
+        Text(),
     ]
+    phases = ViewTable("phase")
+    for header in ("orders", "orders/s", "steady/s", "p50 ms", "p95 ms", "p99 ms"):
+        phases.add_column(header, justify="right")
+    phases.add_column("CPU-ms/order", justify="right")
     for p in result.phases:
         label = p.name if p.offered_rate is None else f"{p.name} ({p.offered_rate:g}/s)"
-        steady = f"{p.steady_rate:.1f}" if p.steady_rate else "-"
-        lines.append(
-            f"{label:<22}{p.orders:>8}{p.rate:>10.1f}{steady:>10}"
-            f"{p.latency_ms['p50']:>9.0f}{p.latency_ms['p95']:>9.0f}{p.latency_ms['p99']:>9.0f}"
-            f"{p.cpu_ms_per_order:>14.2f}"
+        phases.add_row(
+            label,
+            str(p.orders),
+            f"{p.rate:.1f}",
+            f"{p.steady_rate:.1f}" if p.steady_rate else "-",
+            f"{p.latency_ms['p50']:.0f}",
+            f"{p.latency_ms['p95']:.0f}",
+            f"{p.latency_ms['p99']:.0f}",
+            f"{p.cpu_ms_per_order:.2f}",
         )
-        if p.database_per_order:
-            d = p.database_per_order
-            lines.append(
-                f"{'':<22}per order: {d.get('transactions', 0):.1f} transactions, "
-                f"{d.get('rows_written', 0):.1f} rows written"
-            )
-        if p.batch_sizes:
-            lines.append(
-                f"{'':<22}records per batch: "
-                + ", ".join(f"{name} {size:g}" for name, size in p.batch_sizes.items())
-            )
-        if p.hops_ms:
-            lines.append(
-                f"{'':<22}hops p50/p99 ms: "
-                + ", ".join(f"{h} {v['p50']:.0f}/{v['p99']:.0f}" for h, v in p.hops_ms.items())
-            )
         if p.lifecycle:
-            lines.append(
-                f"{'  to return decision':<22}{'':>8}{p.lifecycle['orders_per_second']:>10.1f}"
-                f"{'':>10}{p.lifecycle['p50_ms_to_decision']:>9.0f}{'':>9}"
-                f"{p.lifecycle['p99_ms_to_decision']:>9.0f}"
+            phases.add_row(
+                f"{label} to return decision",
+                str(p.orders),
+                f"{p.lifecycle['orders_per_second']:.1f}",
+                "-",
+                f"{p.lifecycle['p50_ms_to_decision']:.0f}",
+                "-",
+                f"{p.lifecycle['p99_ms_to_decision']:.0f}",
+                "-",
             )
+    parts.append(phases)
     if result.idle_cores is not None:
-        lines.append(f"{'idle':<22}{'':>8}{'':>10}{'':>10}  CPU {result.idle_cores:.3f} cores")
+        parts.append(Text(f"idle: CPU {result.idle_cores:.3f} cores"))
+    inside = [p for p in result.phases if p.database_per_order or p.batch_sizes or p.hops_ms]
+    if inside:
+        parts += [Text(), _where_the_time_goes(inside)]
     if result.references:
-        lines += ["", f"references on the same broker and database ({o['hops']} hops):"]
+        references = ViewTable("reference")
+        for header in ("orders", "orders/s", "CPU-ms/order"):
+            references.add_column(header, justify="right")
         for ref in result.references:
-            lines.append(
-                f"{ref.name:<22}{ref.orders:>8}{ref.rate:>10.1f}{'':>10}{'':>27}"
-                f"{ref.cpu_ms_per_order:>14.2f}"
+            references.add_row(
+                ref.name, str(ref.orders), f"{ref.rate:.1f}", f"{ref.cpu_ms_per_order:.2f}"
             )
+        parts += [
+            Text(),
+            Text(f"references on the same broker and database ({o['hops']} hops):", "bold"),
+            references,
+        ]
         if result.ratios:
-            lines.append(
-                f"Waybill's peak is {result.ratios['of_ceiling']:.3f} of the ceiling and "
-                f"{result.ratios['of_naive']:.1f}x the naive baseline"
+            parts.append(
+                Text(
+                    f"Waybill's peak is {result.ratios['of_ceiling']:.3f} of the ceiling and "
+                    f"{result.ratios['of_naive']:.1f}x the naive baseline"
+                )
             )
+    parts.append(Text())
     if result.phases:
         cpu = result.phases[0].cpu_seconds
         total = sum(cpu.values()) or 1.0
         by_use = sorted(cpu.items(), key=lambda x: -x[1])
         share = ", ".join(f"{name} {100 * sec / total:.0f}%" for name, sec in by_use)
-        lines += ["", f"CPU at peak by process: {share}"]
+        parts.append(Text(f"CPU at peak by process: {share}"))
     if result.peak_memory_mb:
         memory = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result.peak_memory_mb.items()))
-        lines.append(f"peak memory (MB): {memory}")
+        parts.append(Text(f"peak memory (MB): {memory}"))
     checks = result.checks
     if result.valid:
-        lines += [
-            "",
+        verdict_line = Text.assemble(
             f"checks: {checks['orders']} orders, {checks['labels_at_carrier']} labels at the "
             f"carrier (one each), {checks['units_shipped']} units shipped = "
-            f"{checks['units_ordered']} ordered, no dead letters: PASS",
-        ]
+            f"{checks['units_ordered']} ordered, no dead letters: ",
+            ("PASS", PASS_STYLE),
+        )
     else:
-        lines += ["", f"checks: FAILED: {'; '.join(checks.get('problems', []))}"]
-    return "\n".join(lines)
+        problems = "; ".join(checks.get("problems", []))
+        verdict_line = Text.assemble("checks: ", (f"FAILED: {problems}", FAIL_STYLE))
+    parts += [Text(), verdict_line]
+    return Group(*parts)
+
+
+def _where_the_time_goes(phases: Sequence[PhaseResult]) -> ViewTable:
+    """Per phase: database work per order, the consumers' batches, each hop's latency."""
+    table = ViewTable("phase")
+    table.add_column("transactions/order", justify="right")
+    table.add_column("rows written/order", justify="right")
+    table.add_column("hops p50/p99 ms")
+    table.add_column("records per batch")
+    for p in phases:
+        d = p.database_per_order
+        table.add_row(
+            p.name,
+            f"{d['transactions']:.1f}" if "transactions" in d else "-",
+            f"{d['rows_written']:.1f}" if "rows_written" in d else "-",
+            ", ".join(f"{h} {v['p50']:.0f}/{v['p99']:.0f}" for h, v in p.hops_ms.items()) or "-",
+            ", ".join(f"{name} {size:g}" for name, size in p.batch_sizes.items()) or "-",
+        )
+    return table

@@ -71,6 +71,7 @@ def cmd_sla(args: argparse.Namespace) -> int:
     import httpx
 
     from waybill.sla_report import default_orders_url, fetch_summary, render
+    from waybill.terminal import show
 
     url = args.url or default_orders_url()
     token = _token(args, "ops", "waybill sla")
@@ -84,7 +85,10 @@ def cmd_sla(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"waybill sla: cannot reach the orders service at {url}: {exc}")
         return 1
-    print(json.dumps(summary, indent=2, default=str) if args.json else render(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        show(render(summary))
     return 0
 
 

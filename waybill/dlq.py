@@ -13,19 +13,28 @@ import sys
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.console import RenderableType
+from rich.text import Text
 
 from shared.events import DeadLetter
 from shared.messaging.consumer import REPLAYED_FROM
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
 from shared.topics import dead_letter_topic, is_dead_letter_topic
+from waybill.terminal import ViewTable, show
 
 _QUIET_POLLS = 2
+#: how much of a record's error a row of ``dlq list`` shows (``--json`` has all of it)
+ERROR_SHOWN = 80
+
+#: a record of a dead-letter topic: that topic, partition, offset, the dead letter (None
+#: if it cannot be read) and its bytes
+DeadLetterRecord = tuple[str, int, int, DeadLetter | None, bytes]
 
 
 async def read_dead_letters(
     kafka: KafkaSettings, *, topic: str | None = None
-) -> list[tuple[str, int, int, DeadLetter | None, bytes]]:
+) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topics (or of one topic's), oldest first per partition."""
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(kafka))
     await consumer.start()
@@ -50,7 +59,7 @@ async def read_dead_letters(
             return []
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        found: list[tuple[str, int, int, DeadLetter | None, bytes]] = []
+        found: list[DeadLetterRecord] = []
         quiet = 0
         while quiet < _QUIET_POLLS:
             batch = await consumer.getmany(timeout_ms=1000)
@@ -100,19 +109,32 @@ async def list_dead_letters(
             )
         )
         return 0
-    if not letters:
-        print("no dead letters")
-        return 0
-    print(f"{'topic':32} {'group':20} {'tries':>5} {'event_id':36}  error")
-    for _, _, _, letter, raw in letters:
-        if letter is None:
-            print(f"{'(unreadable dead letter)':32} {len(raw)} bytes")
-            continue
-        print(
-            f"{letter.original_topic:32} {letter.consumer_group:20} {letter.attempts:>5} "
-            f"{(_event_id_of(letter) or '-'):36}  {letter.error[:80]}"
-        )
+    show(render_dead_letters(letters))
     return 0
+
+
+def render_dead_letters(letters: list[DeadLetterRecord]) -> RenderableType:
+    """A row per dead letter: its original topic, the consumer group that gave up on it,
+    how often it was tried, its event_id and the start of the error."""
+    if not letters:
+        return Text("no dead letters")
+    table = ViewTable("topic", "group")
+    table.add_column("tries", justify="right")
+    table.add_column("event_id")
+    table.add_column("error", style="red")
+    for dlq, _, _, letter, raw in letters:
+        if letter is None:
+            table.add_row(dlq, "-", "-", "-", f"(unreadable dead letter, {len(raw)} bytes)")
+            continue
+        table.add_row(
+            letter.original_topic,
+            letter.consumer_group,
+            str(letter.attempts),
+            _event_id_of(letter) or "-",
+            # one line per row, whatever the error said over several
+            " ".join(letter.error.split())[:ERROR_SHOWN],
+        )
+    return table
 
 
 async def replay_dead_letters(

@@ -6,8 +6,11 @@ import os
 from typing import Any
 
 import httpx
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from services.orders.domain.sla import STAGE_NAMES, duration
+from waybill.terminal import ViewTable
 
 
 def default_orders_url() -> str:
@@ -31,72 +34,108 @@ def fetch_summary(url: str, token: str, *, timeout: float = 10.0) -> dict[str, A
     return summary
 
 
-def render(summary: dict[str, Any]) -> str:
-    """A table per stage: count, p50, p95, breached, at risk (and still open)."""
-    header = ("stage", "count", "p50", "p95", "breached", "at risk", "open")
-    rows = [
-        (
+#: how a count or state looks on a terminal (piped output has no styles)
+BREACHED = "bold red"
+AT_RISK = "yellow"
+FINE = "green"
+_CIRCUIT_STYLES = {"closed": FINE, "half_open": AT_RISK, "open": BREACHED}
+
+
+def render(summary: dict[str, Any]) -> RenderableType:
+    """A table per stage: count, p50, p95, breached, at risk (and still open); then the
+    orders that need attention, the stuck ones, and every service's plumbing."""
+    parts: list[RenderableType] = [
+        Text(f"SLA report as of {summary['as_of']}  ({summary['orders_total']} orders)", "bold"),
+        Text(),
+    ]
+    stages = ViewTable()
+    stages.add_column("stage")
+    for header in ("count", "p50", "p95", "breached", "at risk", "open"):
+        stages.add_column(header, justify="right")
+    for stage in summary["stages"]:
+        stages.add_row(
             STAGE_NAMES.get(stage["stage"], stage["stage"]),
             str(stage["met"]),
             duration(stage["p50_seconds"]),
             duration(stage["p95_seconds"]),
-            str(stage["breached"]),
-            str(stage["at_risk"]),
+            _count(stage["breached"], BREACHED),
+            _count(stage["at_risk"], AT_RISK),
             str(stage["open"]),
         )
-        for stage in summary["stages"]
+    parts.append(stages if summary["stages"] else Text("(no orders yet)"))
+    parts += [
+        Text(),
+        Text("count: stages met; p50/p95: time from the window's start to the stage met", "dim"),
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first, *rest = cells
-        return "  ".join(
-            [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
-        )
-
-    out = [f"SLA report as of {summary['as_of']}  ({summary['orders_total']} orders)", ""]
-    out += [line(header), line(tuple("-" * w for w in widths))]
-    out += [line(row) for row in rows] or ["(no orders yet)"]
-    out.append("")
-    out.append("count: stages met; p50/p95: time from the window's start to the stage met")
     attention = summary.get("needs_attention") or []
     if attention:
-        out += ["", "Needs attention:"]
-        out += [
-            f"  {a['order_id']}  {STAGE_NAMES.get(a['stage'], a['stage'])}  {a['state']}"
-            f"  (deadline {a['deadline']}, order {a['status']})"
-            for a in attention
-        ]
+        table = ViewTable("order", "stage", "state", "deadline", "order status")
+        for a in attention:
+            table.add_row(
+                a["order_id"],
+                STAGE_NAMES.get(a["stage"], a["stage"]),
+                Text(a["state"], BREACHED if a["state"] == "breached" else AT_RISK),
+                str(a["deadline"]),
+                a["status"],
+            )
+        parts += [Text(), Text("Needs attention:", "bold"), table]
     stuck = summary.get("stuck") or []
     if stuck:
-        out += ["", "Stuck (overdue without progress; re-driven once):"]
-        out += [
-            f"  {s['order_id']}  {STAGE_NAMES.get(s['stage'], s['stage'])}  "
-            f"{'STUCK' if s['state'] == 'stuck' else 're-driven, waiting'}"
-            f"  (order {s['status']}, re-driven {s['redriven_at']})"
-            for s in stuck
-        ]
+        table = ViewTable("order", "stage", "state", "order status", "re-driven at")
+        for s in stuck:
+            table.add_row(
+                s["order_id"],
+                STAGE_NAMES.get(s["stage"], s["stage"]),
+                Text("STUCK", BREACHED)
+                if s["state"] == "stuck"
+                else Text("re-driven, waiting", AT_RISK),
+                s["status"],
+                str(s["redriven_at"]),
+            )
+        parts += [Text(), Text("Stuck (overdue without progress; re-driven once):", "bold"), table]
     services = summary.get("services") or []
     if services:
-        out += ["", "Services:"]
-        for svc in services:
-            if not svc.get("reachable"):
-                out.append(f"  {svc['service']:<10} unreachable ({svc.get('error')})")
-                continue
-            process = svc.get("process") or {}
-            restarts = process.get("restarts") or 0
-            restarted = (
-                f"  restarts {restarts} (last: {process.get('last_exit')},"
-                f" started again {process.get('restarted_at')})"
-                if restarts
-                else ""
+        parts += [Text(), Text("Services:", "bold"), _services(services)]
+    return Group(*parts)
+
+
+def _count(n: int, style: str) -> Text:
+    """A count, styled when it is not zero."""
+    return Text(str(n), style if n else "")
+
+
+def _services(services: list[dict[str, Any]]) -> ViewTable:
+    table = ViewTable("service")
+    for header in ("outbox", "dead letters", "consumer lag"):
+        table.add_column(header, justify="right")
+    table.add_column("carriers")
+    table.add_column("process")
+    for svc in services:
+        if not svc.get("reachable"):
+            unreachable = Text(f"unreachable ({svc.get('error')})", BREACHED)
+            table.add_row(svc["service"], "-", "-", "-", "-", unreachable)
+            continue
+        process = svc.get("process") or {}
+        restarts = process.get("restarts") or 0
+        restarted = (
+            Text(
+                f"restarts {restarts} (last: {process.get('last_exit')},"
+                f" started again {process.get('restarted_at')})",
+                AT_RISK,
             )
-            out.append(
-                f"  {svc['service']:<10} outbox {svc['outbox_backlog']}"
-                f"  dead letters {svc['dead_letters']}  consumer lag {svc['consumer_lag']}"
-                + restarted
-            )
-            circuits = [f"{c['carrier']} {c['circuit']}" for c in svc.get("carriers") or []]
-            if circuits:
-                out.append(f"  {'':<10} carriers: {', '.join(circuits)}")
-    return "\n".join(out)
+            if restarts
+            else Text("-")
+        )
+        circuits = Text(", ").join(
+            Text(f"{c['carrier']} {c['circuit']}", _CIRCUIT_STYLES.get(c["circuit"], ""))
+            for c in svc.get("carriers") or []
+        )
+        table.add_row(
+            svc["service"],
+            _count(svc["outbox_backlog"], AT_RISK),
+            _count(svc["dead_letters"], BREACHED),
+            _count(svc["consumer_lag"], AT_RISK),
+            circuits or Text("-"),
+            restarted,
+        )
+    return table

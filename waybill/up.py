@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +30,18 @@ from uuid import uuid4
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.text import Text
 
 from shared import topics
 from shared.infra import start_infrastructure
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings, default_data_dir
+from waybill import terminal
 from waybill.processes import ProcessSystem, SystemOptions, default_ports, tokens_from_environment
 from waybill.supervisor import CrashLoop
+from waybill.terminal import ViewTable
 
 log = logging.getLogger("waybill.up")
 
@@ -345,29 +350,29 @@ async def run_demo(
 
             tasks = [asyncio.create_task(place_orders()), asyncio.create_task(request_returns())]
             started = time.monotonic()
+
+            async def progress_now() -> DemoProgress:
+                return DemoProgress(
+                    elapsed=time.monotonic() - started,
+                    placed=len(placed),
+                    total=options.demo_orders,
+                    delivered=len(delivered),
+                    returns=len(returns_requested),
+                    decisions=Counter(decisions),
+                    by_status=await _summary(http, urls, tokens),
+                )
+
             try:
-                while not stop.is_set():
-                    summary = await _summary(http, urls, tokens)
-                    _print_progress(
-                        summary,
-                        len(placed),
-                        options.demo_orders,
-                        len(delivered),
-                        len(returns_requested),
-                        decisions,
-                        started,
-                    )
-                    if _demo_done(
-                        len(delivered), options.demo_orders, len(returns_requested), decisions
-                    ):
-                        print("\nDemo complete: every order delivered, every return decided.")
-                        return 0
-                    if time.monotonic() - started > options.done_timeout_seconds:
-                        print("\nDemo did not finish in time.", file=sys.stderr)
-                        return 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 2.0)
-                return 0
+                ended = await _show_progress(
+                    progress_now, stop=stop, timeout=options.done_timeout_seconds
+                )
+                if ended is None:  # stopped
+                    return 0
+                if ended.done():
+                    print("\nDemo complete: every order delivered, every return decided.")
+                    return 0
+                print("\nDemo did not finish in time.", file=sys.stderr)
+                return 1
             finally:
                 for task in tasks:
                     task.cancel()
@@ -377,6 +382,31 @@ async def run_demo(
         finally:
             await watcher.stop()
             await producer.stop()
+
+
+async def _show_progress(
+    progress_now: Callable[[], Awaitable[DemoProgress]],
+    *,
+    stop: asyncio.Event,
+    timeout: float,
+    every: float = 2.0,
+) -> DemoProgress | None:
+    """The demo's progress ``every`` seconds, redrawn in place on a terminal, a line each
+    when piped, until the demo is done or out of time (its last progress), or stopped."""
+    started = time.monotonic()
+    out = terminal.console_for(sys.stdout)
+    with terminal.live(Text("the demo begins ..."), console=out) as display:
+        while not stop.is_set():
+            progress = await progress_now()
+            if display is None:
+                print(progress.line(), flush=True)
+            else:
+                display.update(progress.view(), refresh=True)
+            if progress.done() or time.monotonic() - started > timeout:
+                return progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+    return None
 
 
 async def _summary(
@@ -391,6 +421,7 @@ async def _summary(
     return {}
 
 
+#: the statuses the demo's progress counts, in the order an order passes them
 _COLUMNS = (
     "accepted",
     "backordered",
@@ -403,27 +434,64 @@ _COLUMNS = (
     "return_requested",
     "rejected",
 )
+#: how a status count looks on a terminal
+_STATUS_STYLES = {"backordered": "yellow", "delivered": "green", "rejected": "red"}
 
 
-def _print_progress(
-    counts: dict[str, int],
-    placed: int,
-    total: int,
-    delivered: int,
-    returns: int,
-    decisions: Counter[str],
-    started: float,
-) -> None:
-    cells = "  ".join(f"{c}={counts.get(c, 0)}" for c in _COLUMNS if counts.get(c))
-    decided = ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())) or "-"
-    print(
-        f"[{time.monotonic() - started:6.1f}s] this run: placed {placed}/{total},"
-        f" delivered {delivered}/{total} | all orders: {cells or 'waiting'}"
-        f" | returns requested {returns}, decided: {decided}",
-        flush=True,
-    )
+@dataclass
+class DemoProgress:
+    """Where the demo stands: this run's orders and returns, and every order by status."""
 
+    elapsed: float
+    placed: int
+    total: int
+    delivered: int
+    returns: int
+    decisions: Counter[str]
+    by_status: dict[str, int]
 
-def _demo_done(delivered: int, total: int, returns: int, decisions: Counter[str]) -> bool:
-    """Every order of this run delivered and every return it asked for decided."""
-    return delivered >= total and returns > 0 and sum(decisions.values()) >= returns
+    def done(self) -> bool:
+        """Every order of this run delivered and every return it asked for decided."""
+        return (
+            self.delivered >= self.total
+            and self.returns > 0
+            and sum(self.decisions.values()) >= self.returns
+        )
+
+    def line(self) -> str:
+        """One plain line (printed every two seconds when the output is piped)."""
+        counts = self.by_status
+        cells = "  ".join(f"{c}={counts.get(c, 0)}" for c in _COLUMNS if counts.get(c))
+        decided = ", ".join(f"{k}={v}" for k, v in sorted(self.decisions.items())) or "-"
+        return (
+            f"[{self.elapsed:6.1f}s] this run: placed {self.placed}/{self.total},"
+            f" delivered {self.delivered}/{self.total} | all orders: {cells or 'waiting'}"
+            f" | returns requested {self.returns}, decided: {decided}"
+        )
+
+    def view(self) -> RenderableType:
+        """The live display on a terminal: this run, then every order by status."""
+        run = ViewTable("elapsed", "placed", "delivered", "", "returns requested", "decided")
+        decided = Text(", ").join(
+            Text(f"{k} {v}", "green" if k == "approved" else "yellow")
+            for k, v in sorted(self.decisions.items())
+        )
+        run.add_row(
+            f"{self.elapsed:.0f} s",
+            f"{self.placed}/{self.total}",
+            Text(
+                f"{self.delivered}/{self.total}",
+                "bold green" if self.delivered >= self.total else "",
+            ),
+            ProgressBar(total=max(1, self.total), completed=self.delivered, width=20),
+            str(self.returns),
+            decided or Text("-"),
+        )
+        shown = [c for c in _COLUMNS if self.by_status.get(c)]
+        if not shown:
+            return Group(Text("this run", "bold"), run, Text("all orders: waiting", "dim"))
+        statuses = ViewTable()
+        for status in shown:
+            statuses.add_column(status, justify="right")
+        statuses.add_row(*(Text(str(self.by_status[c]), _STATUS_STYLES.get(c, "")) for c in shown))
+        return Group(Text("this run", "bold"), run, Text("all orders by status", "bold"), statuses)
