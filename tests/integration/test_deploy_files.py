@@ -103,11 +103,12 @@ def cli_env_names() -> set[str]:
 def readable_env(part: str) -> set[str]:
     """Everything `waybill run <part>` (or `waybill carrier-sandbox`) reads from the env."""
     cli = cli_env_names()
-    assert "WAYBILL_LOG_LEVEL" in cli, "cli.py no longer reads WAYBILL_LOG_LEVEL"
+    logging = {"WAYBILL_LOG_LEVEL", "WAYBILL_LOG_FORMAT"}
+    assert logging <= cli, "cli.py no longer reads the log level and format"
     if part == "carrier-sandbox":
-        # cli.py's own reads are the log level (every command) and the sandbox's options
+        # cli.py's own reads are the logging (every command) and the sandbox's options
         return cli
-    return env_names(settings_class(part)) | env_names(KafkaSettings) | {"WAYBILL_LOG_LEVEL"}
+    return env_names(settings_class(part)) | env_names(KafkaSettings) | logging
 
 
 def test_the_settings_introspection_sees_prefixes_and_aliases() -> None:
