@@ -469,22 +469,6 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module")
-def base() -> list[dict[str, Any]]:
-    return kustomize(K8S / "base")
-
-
-@pytest.fixture(scope="module")
-def sandbox_overlay() -> list[dict[str, Any]]:
-    return kustomize(K8S / "overlays" / "sandbox")
-
-
-@pytest.fixture(scope="module")
-def secret_template() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(SECRET_TEMPLATE.read_text())
-    return document
-
-
 def validate_kubernetes(document: dict[str, Any]) -> None:
     import kubernetes_validate
 

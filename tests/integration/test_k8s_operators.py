@@ -33,7 +33,6 @@ from shared.settings import KafkaSettings
 from tests.integration.test_deploy_files import (
     K8S,
     ROOT,
-    SECRET_TEMPLATE,
     SERVICES,
     container_env,
     containers_of,
@@ -115,22 +114,6 @@ KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-5
 @pytest.fixture(scope="module")
 def overlay() -> list[dict[str, Any]]:
     return kustomize(OVERLAY)
-
-
-@pytest.fixture(scope="module")
-def base() -> list[dict[str, Any]]:
-    return kustomize(K8S / "base")
-
-
-@pytest.fixture(scope="module")
-def sandbox_overlay() -> list[dict[str, Any]]:
-    return kustomize(K8S / "overlays" / "sandbox")
-
-
-@pytest.fixture(scope="module")
-def secret_template() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(SECRET_TEMPLATE.read_text())
-    return document
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from rich.console import Console, RenderableType
 
 from shared.events import DeadLetter
 from shared.settings import KafkaSettings
+from tests.support import wait_for
 from waybill import bench, dlq, terminal, up
 from waybill.bench import (
     BenchResult,
@@ -351,26 +352,28 @@ def test_bench_json_is_the_result_as_it_was(capsys: pytest.CaptureFixture[str]) 
     assert_plain(capsys.readouterr().out)
 
 
-async def run_phase_progress(console: Console, *, ticks: int) -> None:
+async def run_phase_progress(console: Console, out: io.StringIO, *, ticks: int) -> None:
+    """The progress of a phase whose counts move ``ticks`` times, each step waited for
+    until the display has shown it."""
     counts = PhaseCounts("peak", 300, 0, 0)
     progress = PhaseProgress(console)
     progress.TERMINAL_INTERVAL = progress.PLAIN_INTERVAL = 0.01
     progress.start(lambda: counts)
     for _ in range(ticks):
-        await asyncio.sleep(0.02)
         counts.placed = min(300, counts.placed + 100)
         counts.labelled = min(300, counts.labelled + 60)
-    await asyncio.sleep(0.05)
+        shown = f"placed {counts.placed}/300, labelled {counts.labelled}/300"
+        await wait_for(lambda shown=shown: shown in out.getvalue(), timeout=10, what=shown)
     await progress.stop()
 
 
 async def test_bench_progress_piped_is_a_line_at_a_time() -> None:
     out = io.StringIO()
-    await run_phase_progress(terminal.console_for(out), ticks=5)
+    await run_phase_progress(terminal.console_for(out), out, ticks=5)
     text = out.getvalue()
     assert_plain(text)
     lines = text.splitlines()
-    assert len(lines) >= 3
+    assert len(lines) >= 5  # a line for each step at least
     line = re.compile(r"^  \[ *\d+\.\d s\] peak: placed \d+/300, labelled \d+/300, \d+ labelled/s$")
     assert all(line.match(x) for x in lines), lines
     assert lines[-1].startswith("  [") and "placed 300/300, labelled 300/300" in lines[-1]
@@ -379,7 +382,7 @@ async def test_bench_progress_piped_is_a_line_at_a_time() -> None:
 async def test_bench_progress_on_a_terminal_is_a_bar_redrawn_in_place() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, color_system="standard", width=120)
-    await run_phase_progress(console, ticks=5)
+    await run_phase_progress(console, out, ticks=5)
     text = out.getvalue()
     assert "\x1b[2K" in text  # lines erased: the display was redrawn, not appended
     assert "━" in text
