@@ -63,9 +63,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+#: the name of the root handler :func:`configure_logging` installs
+HANDLER_NAME = "waybill"
+
+
+class StandardErrorHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes, as logging's last-resort
+    handler does, not to the stream it was at set-up: code that swaps standard error (a
+    test's capture, a daemon's redirect) closes the old one, and a handler bound to it
+    would fail on every record after."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(level: str, *, service: str, json_lines: bool) -> None:
     """Root logging to standard error, plain or JSON; the chatty client libraries quieter."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StandardErrorHandler()
+    handler.set_name(HANDLER_NAME)
     handler.setFormatter(JsonFormatter(service) if json_lines else logging.Formatter(PLAIN_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):

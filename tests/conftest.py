@@ -9,6 +9,7 @@ tests never see each other's events or rows.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from shared.infra import Infrastructure, provision_service_database, start_infrastructure
 from shared.infra.kafka import EmbeddedKafka
+from shared.logs import HANDLER_NAME
 from shared.settings import KafkaSettings
 from tests.support import EventLog, Publisher
 from waybill.system import SERVICES, LocalSystem, SystemConfig
@@ -34,6 +36,20 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
         yield infrastructure
     finally:
         infrastructure.close()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process (``waybill.cli.main``) has it configure root
+    logging: a handler on that test's captured standard error, which is closed when the
+    test ends. Left in place, every later record of the session fails to be written and
+    prints a traceback instead; so the handler goes with the test, and the level with it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,16 @@
 """The JSON log line: one object, the trace of the current span or the one given, the
-order, the extras."""
+order, the extras; and the handler that writes the lines."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.logs import JsonFormatter
+from shared.logs import HANDLER_NAME, JsonFormatter, configure_logging
 
 
 def _line(record: logging.LogRecord) -> dict[str, object]:
@@ -45,3 +47,24 @@ def test_given_ids_and_extras_win_and_none_is_left_out() -> None:
     )
     assert (line["trace_id"], line["span_id"], line["order_id"]) == ("ab" * 16, "cd" * 8, "o-2")
     assert line["n"] == 3 and "nothing" not in line
+
+
+def test_the_handler_follows_standard_error_when_it_is_swapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr("sys.stderr", first)
+        configure_logging("info", service="orders", json_lines=True)
+        logging.getLogger("waybill.test").info("before the swap")
+        monkeypatch.setattr("sys.stderr", second)
+        first.close()  # as a test's capture is closed when the test ends
+        logging.getLogger("waybill.test").info("after the swap")
+        (mine,) = [h for h in root.handlers if h.get_name() == HANDLER_NAME]
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert json.loads(second.getvalue())["message"] == "after the swap"
+    assert isinstance(mine, logging.StreamHandler)
