@@ -232,11 +232,11 @@ class ServiceRuntime:
         if self._broker is not None:
             await self._bounded(
                 settle_before_leaving(
-                    self._consumers(), timeout=self.kafka.session_timeout_ms / 1000
+                    self.group_consumers(), timeout=self.kafka.session_timeout_ms / 1000
                 ),
                 "group rebalance",
             )
-            unannounced = unannounced_leaves(self._consumers())
+            unannounced = unannounced_leaves(self.group_consumers())
             await self._bounded(self._broker.stop(), "broker")
             self._broker = None
             if unannounced and self._producer is not None:
@@ -304,7 +304,8 @@ class ServiceRuntime:
                     lag[(topic, tp.partition)] = max(0, highwater - position)
         return lag
 
-    def _consumers(self) -> list[AIOKafkaConsumer]:
+    def group_consumers(self) -> list[AIOKafkaConsumer]:
+        """The Kafka consumers of this instance's consumer group (none before start)."""
         if self._broker is None:
             return []
         found = (getattr(s, "consumer", None) for s in self._broker.subscribers)
@@ -344,7 +345,7 @@ class ServiceRuntime:
             # assigned again from the new topics' partitions, then, since what was published
             # after the loss and before this look is in the new topics, below offsets this
             # consumer may have passed in the old ones: from their beginning
-            for consumer in self._consumers():
+            for consumer in self.group_consumers():
                 if not await rejoin_as_new_member(consumer):
                     log.warning("%s: a consumer has not rejoined its group yet", self.name)
                 if consumer.assignment():
@@ -362,7 +363,7 @@ class ServiceRuntime:
 
         aiokafka has no public call for it: ``force_metadata_update`` of the client a
         consumer holds (the producer's is public as ``client``)."""
-        clients = [consumer._client for consumer in self._consumers()]
+        clients = [consumer._client for consumer in self.group_consumers()]
         if self._producer is not None:
             clients.append(self._producer.client)
         for client in clients:

@@ -9,6 +9,7 @@ tests never see each other's events or rows.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from shared.infra import Infrastructure, provision_service_database, start_infra
 from shared.infra.kafka import EmbeddedKafka
 from shared.logs import HANDLER_NAME
 from shared.settings import KafkaSettings
-from tests.support import EventLog, Publisher
+from tests.support import EventLog, Publisher, describe_system
 from waybill.system import SERVICES, LocalSystem, SystemConfig
 
 
@@ -36,6 +37,26 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
         yield infrastructure
     finally:
         infrastructure.close()
+
+
+log = logging.getLogger("waybill.tests")
+
+#: the report of a test's call phase, for fixtures that say more when the test failed
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test that ``request`` serves failed (read in a fixture's teardown)."""
+    report = request.node.stash.get(CALL_REPORT, None)
+    return report is not None and report.failed
 
 
 @pytest.fixture(autouse=True)
@@ -124,8 +145,11 @@ MakeSystem = Callable[..., Awaitable[LocalSystem]]
 
 
 @pytest.fixture
-async def make_system(infra: Infrastructure, role_password: str) -> AsyncIterator[MakeSystem]:
-    """Start an isolated system: ``await make_system(autopick=True, services=[...])``."""
+async def make_system(
+    infra: Infrastructure, role_password: str, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeSystem]:
+    """Start an isolated system: ``await make_system(autopick=True, services=[...])``. When
+    the test fails, where each service's consumers, relay and outbox stood is logged."""
     systems: list[LocalSystem] = []
 
     async def make(
@@ -159,6 +183,14 @@ async def make_system(infra: Infrastructure, role_password: str) -> AsyncIterato
         return system
 
     yield make
+    if failed(request):
+        for system in systems:
+            state = await describe_system(system)
+            log.warning(
+                "after the failure, system %s: %s",
+                system.config.kafka.topic_prefix,
+                json.dumps(state, default=str),
+            )
     for system in reversed(systems):
         await system.stop()
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from shared.messaging.kafka import client_options
 from shared.settings import KafkaSettings
-from waybill.system import ServedApp, bind_socket
+from waybill.system import LocalSystem, ServedApp, bind_socket
 
 T = TypeVar("T")
 
@@ -43,6 +43,68 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+async def describe_consumer(consumer: AIOKafkaConsumer, *, prefix: str = "") -> dict[str, Any]:
+    """Where a consumer stands, for a failing test's report: its group membership, how many
+    partitions it holds and, for those not empty and unread, ``position/high watermark``."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    held = sorted(consumer.assignment())
+    partitions: dict[str, str] = {}
+    for tp in held:
+        try:
+            position: Any = await asyncio.wait_for(consumer.position(tp), 1.0)
+        except Exception as exc:  # no position yet (the offset reset is under way)
+            position = type(exc).__name__
+        highwater = consumer.highwater(tp)
+        if position == 0 and highwater in (0, None):
+            continue
+        partitions[f"{tp.topic.removeprefix(prefix)}[{tp.partition}]"] = f"{position}/{highwater}"
+    return {
+        "group": getattr(coordinator, "group_id", None),
+        "member": getattr(coordinator, "member_id", None),
+        "generation": getattr(coordinator, "generation", None),
+        "held": len(held),
+        "partitions": partitions,
+    }
+
+
+async def describe_system(system: LocalSystem) -> dict[str, Any]:
+    """What each service of a running system holds, for a failing test's report: its
+    consumers, its relay and its outbox and inbox, so that a test that waited in vain says
+    where the event stopped."""
+    described: dict[str, Any] = {}
+    prefix = system.config.kafka.topic_prefix
+    for name, runtime in system.runtimes.items():
+        state: dict[str, Any] = {
+            "consumers": [
+                await describe_consumer(c, prefix=prefix) for c in runtime.group_consumers()
+            ]
+        }
+        with contextlib.suppress(Exception):  # a runtime that did not start has no relay
+            state["relay"] = {
+                "leader": runtime.relay.is_leader,
+                "published": runtime.relay.published_total,
+            }
+        try:
+            async with runtime.pool.acquire() as conn:
+                row = await asyncio.wait_for(
+                    conn.fetchrow(
+                        """
+                        SELECT (SELECT count(*) FROM outbox) AS outbox,
+                               (SELECT published_through FROM outbox_relay) AS through,
+                               (SELECT max(id) FROM outbox) AS newest,
+                               (SELECT count(*) FROM inbox) AS inbox,
+                               (SELECT count(*) FROM dead_letters) AS dead_letters
+                        """
+                    ),
+                    5.0,
+                )
+            state["database"] = dict(row) if row is not None else None
+        except Exception as exc:
+            state["database"] = repr(exc)
+        described[name] = state
+    return described
 
 
 class EventLog:
@@ -78,6 +140,14 @@ class EventLog:
                 value = record.value
             self.records[topic].append(value)
 
+    async def describe(self) -> dict[str, Any]:
+        """What the log has read, and where its consumer stands (a failing wait's report)."""
+        seen = {topic: len(events) for topic, events in sorted(self.records.items())}
+        if self._consumer is None:
+            return {"seen": seen}
+        consumer = await describe_consumer(self._consumer, prefix=self._kafka.topic_prefix)
+        return {"seen": seen, **consumer}
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -111,15 +181,18 @@ class EventLog:
         distinct: bool = False,
         **match: Any,
     ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = await wait_for(
-            lambda: (
-                events
-                if len(events := self.about(topic, distinct=distinct, **match)) >= count
-                else None
-            ),
-            timeout=timeout,
-            what=f"{count} event(s) on {topic} matching {match}",
-        )
+        try:
+            found: list[dict[str, Any]] = await wait_for(
+                lambda: (
+                    events
+                    if len(events := self.about(topic, distinct=distinct, **match)) >= count
+                    else None
+                ),
+                timeout=timeout,
+                what=f"{count} event(s) on {topic} matching {match}",
+            )
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; the log: {await self.describe()}") from None
         return found
 
 
