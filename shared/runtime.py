@@ -30,6 +30,7 @@ from shared.messaging import (
     ensure_topics,
     pace_fetches,
     subscribe,
+    track_topics,
 )
 from shared.messaging.epoch import record_epoch
 from shared.messaging.groups import (
@@ -111,6 +112,13 @@ class ServiceRuntime:
         return self._relay
 
     @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer of the outbox relay (and of the broker epoch's marker)."""
+        if self._producer is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._producer
+
+    @property
     def dsn(self) -> str:
         if not self.settings.database_url:
             raise RuntimeError(
@@ -145,6 +153,9 @@ class ServiceRuntime:
         await ensure_topics(self.kafka, self.topics())
         self._producer = create_producer(self.kafka, client_id=f"waybill-{self.name}-relay")
         await self._producer.start()
+        # every topic the relay may publish: what it produces, and what a dead letter's
+        # replay or a re-drive sends again
+        await track_topics(self._producer, [self.kafka.topic_prefix + t for t in self.topics()])
         self._relay = OutboxRelay(
             dsn=self.dsn,
             pool=self._pool,

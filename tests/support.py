@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 
 from shared.messaging.kafka import client_options
@@ -82,9 +82,22 @@ async def describe_system(system: LocalSystem) -> dict[str, Any]:
             ]
         }
         with contextlib.suppress(Exception):  # a runtime that did not start has no relay
+            cluster = runtime.producer.client.cluster
             state["relay"] = {
                 "leader": runtime.relay.is_leader,
                 "published": runtime.relay.published_total,
+                # the topics it publishes that its producer has no partitions of
+                "unknown_topics": sorted(
+                    t
+                    for t in runtime.definition.produces
+                    if not cluster.partitions_for_topic(prefix + t)
+                ),
+                "topics_without_leader": sorted(
+                    f"{t}[{p}]"
+                    for t in runtime.definition.produces
+                    for p in cluster.partitions_for_topic(prefix + t) or ()
+                    if cluster.leader_for_partition(TopicPartition(prefix + t, p)) in (None, -1)
+                ),
             }
         try:
             async with runtime.pool.acquire() as conn:

@@ -10,7 +10,7 @@ from shared.messaging.consumer import (
 )
 from shared.messaging.epoch import BrokerEpoch
 from shared.messaging.fetch import FetchPacer
-from shared.messaging.kafka import client_options, create_producer, ensure_topics
+from shared.messaging.kafka import client_options, create_producer, ensure_topics, track_topics
 from shared.messaging.relay import OutboxRelay
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "field_errors_of",
     "pace_fetches",
     "subscribe",
+    "track_topics",
 ]

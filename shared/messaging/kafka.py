@@ -82,6 +82,22 @@ def create_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
     )
 
 
+async def track_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> None:
+    """Have a started ``producer`` keep ``names`` (prefixed) in its metadata for good.
+
+    aiokafka asks the broker only about the topics a producer tracks, and tracks a topic
+    only when a send did not find it in the metadata the producer had. The first metadata,
+    read at start, holds every topic of the broker; so a topic first sent to before the
+    first refresh is never tracked, the first refresh drops it, and a record queued for it
+    just then waits without a partition leader until the request times out (30 s here),
+    then fails. A producer that tracks every topic it will publish from the start has no
+    such gap. Topics it meets later are tracked by aiokafka as before."""
+    client = producer.client
+    for name in sorted(set(names)):
+        client.add_topic(name)  # a new one asks for a refresh; awaited once below
+    await client.force_metadata_update()
+
+
 async def ensure_topics(
     settings: KafkaSettings,
     names: Iterable[str],
