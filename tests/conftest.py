@@ -62,9 +62,8 @@ def failed(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """A test that runs the CLI in-process (``waybill.cli.main``) has it configure root
-    logging: a handler on that test's captured standard error, which is closed when the
-    test ends. Left in place, every later record of the session fails to be written and
-    prints a traceback instead; so the handler goes with the test, and the level with it."""
+    logging: its own handler to standard error, and a level. Both go with the test, so
+    later tests' records are not written twice, and at the level they chose."""
     root = logging.getLogger()
     level = root.level
     yield

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
 from shared.messaging.kafka import client_options
+from shared.ops_health import messaging_health
 from shared.settings import KafkaSettings
 from waybill.system import LocalSystem, ServedApp, bind_socket
 
@@ -71,7 +72,7 @@ async def describe_consumer(consumer: AIOKafkaConsumer, *, prefix: str = "") -> 
 
 async def describe_system(system: LocalSystem) -> dict[str, Any]:
     """What each service of a running system holds, for a failing test's report: its
-    consumers, its relay and its outbox and inbox, so that a test that waited in vain says
+    consumers, its relay and its messaging health, so that a test that waited in vain says
     where the event stopped."""
     described: dict[str, Any] = {}
     prefix = system.config.kafka.topic_prefix
@@ -92,30 +93,14 @@ async def describe_system(system: LocalSystem) -> dict[str, Any]:
                     for t in runtime.definition.produces
                     if not cluster.partitions_for_topic(prefix + t)
                 ),
-                "topics_without_leader": sorted(
-                    f"{t}[{p}]"
-                    for t in runtime.definition.produces
-                    for p in cluster.partitions_for_topic(prefix + t) or ()
-                    if cluster.leader_for_partition(TopicPartition(prefix + t, p)) in (None, -1)
-                ),
             }
-        try:
+        try:  # what GET /ops/health shows of it: outbox backlog, dead letters, lag, epoch
             async with runtime.pool.acquire() as conn:
-                row = await asyncio.wait_for(
-                    conn.fetchrow(
-                        """
-                        SELECT (SELECT count(*) FROM outbox) AS outbox,
-                               (SELECT published_through FROM outbox_relay) AS through,
-                               (SELECT max(id) FROM outbox) AS newest,
-                               (SELECT count(*) FROM inbox) AS inbox,
-                               (SELECT count(*) FROM dead_letters) AS dead_letters
-                        """
-                    ),
-                    5.0,
+                state["messaging"] = await asyncio.wait_for(
+                    messaging_health(conn, fresh_seconds=60), 5.0
                 )
-            state["database"] = dict(row) if row is not None else None
         except Exception as exc:
-            state["database"] = repr(exc)
+            state["messaging"] = repr(exc)
         described[name] = state
     return described
 
