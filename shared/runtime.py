@@ -49,6 +49,12 @@ log = logging.getLogger("waybill.runtime")
 
 Worker = Callable[["ServiceRuntime"], Awaitable[None]]
 
+
+class BrokerLossRecoveryIncomplete(RuntimeError):
+    """A step of the recovery from a broker's data loss did not complete; it is done again
+    at the next look at the epoch."""
+
+
 #: the longest any one shutdown step may take
 STOP_STEP_SECONDS = 20.0
 
@@ -325,12 +331,18 @@ class ServiceRuntime:
     async def check_epoch(self) -> None:
         """Read the broker epoch; when it is not the one seen before, the broker lost its
         data: publish the recent outbox again and read the topics from their beginning
-        (shared/messaging/epoch.py)."""
+        (shared/messaging/epoch.py).
+
+        The new epoch is taken as seen only once every step of the recovery is done: a step
+        that fails (the broker or the database still settling after the loss) raises, and
+        the next look does the recovery again. Each step is safe to repeat: topics are made
+        if missing, the outbox is set back once per epoch (``record_epoch``), and a consumer
+        that joins and reads from the beginning again finds what it handled in its inbox."""
         assert self._epoch is not None
         epoch = await self._epoch.current(self.topics())
         if epoch is None or epoch == self.broker_epoch:
             return
-        seen_before, self.broker_epoch = self.broker_epoch, epoch
+        seen_before = self.broker_epoch
         if seen_before is not None:
             # this service's topics went with the data: make them now, before the relay's
             # next round or a consumer's rejoin, not at the next topic check
@@ -358,10 +370,13 @@ class ServiceRuntime:
             # consumer may have passed in the old ones: from their beginning
             for consumer in self.group_consumers():
                 if not await rejoin_as_new_member(consumer):
-                    log.warning("%s: a consumer has not rejoined its group yet", self.name)
+                    raise BrokerLossRecoveryIncomplete(
+                        f"a consumer of {self.name} has not rejoined its group"
+                    )
                 if consumer.assignment():
                     await consumer.seek_to_beginning()
             log.warning("%s: reading its topics from the beginning again", self.name)
+        self.broker_epoch = epoch
 
     async def refresh_metadata(self) -> None:
         """Have this instance's clients read the broker's metadata now, not within five
@@ -418,8 +433,13 @@ async def _watch_epoch(runtime: ServiceRuntime) -> None:
     while True:
         try:
             await runtime.check_epoch()
-        except Exception as exc:  # the broker is down or restarting: look again next round
-            log.warning("%s could not read the broker epoch: %s", runtime.name, exc)
+        except Exception as exc:  # the broker is down or settling: look again next round
+            log.warning(
+                "%s: the broker epoch check did not complete (again in %.0f s): %s",
+                runtime.name,
+                runtime.settings.broker_epoch_check_seconds,
+                str(exc) or type(exc).__name__,
+            )
         await asyncio.sleep(runtime.settings.broker_epoch_check_seconds)
 
 
